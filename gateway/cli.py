@@ -1,0 +1,94 @@
+"""The `chatstream-gateway` command: serve, make-tiny-model, bench."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from gateway.settings import Settings
+
+
+def _flag_kind(annotation: Any) -> str:
+    args = typing.get_args(annotation)
+    if annotation is bool:
+        return "bool"
+    if typing.get_origin(annotation) is list:
+        return "list"
+    if args and bool in args:
+        return "bool"
+    return "value"
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per Settings field; each also reads CHATSTREAM_<NAME> from the environment."""
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        env = f"CHATSTREAM_{name.upper()}"
+        kind = _flag_kind(field.annotation)
+        default = field.get_default(call_default_factory=True)
+        shown = "***" if "secret" in name or "key" in name else default
+        help_text = f"{field.description} [env {env}; default {shown}]"
+        if kind == "bool":
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif kind == "list":
+            parser.add_argument(flag, dest=name, action="append", default=None, metavar="VALUE", help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    given = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None}
+    return Settings(**given)
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.tiny_model import build_tiny_model, is_model_dir
+
+    if settings.model is None and not is_model_dir(settings.tiny_model_dir):
+        logging.getLogger(__name__).info("building the tiny offline model in %s", settings.tiny_model_dir)
+        build_tiny_model(settings.tiny_model_dir)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.drain_timeout) or None,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chatstream-gateway", description="Streaming chat over vLLM.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="serve the gateway over HTTP")
+    add_settings_flags(serve_parser)
+    tiny = commands.add_parser("make-tiny-model", help="write the tiny offline model into DIR")
+    tiny.add_argument("directory", metavar="DIR")
+    tiny.add_argument("--seed", type=int, default=0, help="weights and tokenizer seed [default 0]")
+    args = parser.parse_args(argv)
+
+    if args.command == "make-tiny-model":
+        from gateway.tiny_model import build_tiny_model
+
+        print(build_tiny_model(args.directory, seed=args.seed))
+        return 0
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as err:
+        parser.error(str(err))
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The narrow seam between the gateway and an inference engine.
+
+The gateway needs five things from an engine: stream the deltas of one
+generation, abort one, a tokenizer, whether it is alive, and a few load
+figures. `vllm_engine.VLLMEngine` is the real one; tests use a fake behind the
+same protocol. This module imports nothing heavy, so the HTTP layer and its
+tests load without vLLM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from prompts import Tokenizer
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingOptions:
+    """How to sample one answer. `top_k=0` means no top-k cut."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_tokens: int = 0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOutput:
+    """What arrived since the previous output of one generation."""
+
+    text: str
+    num_new_tokens: int
+    num_prompt_tokens: int
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """The engine's own view of its load, where it reports one."""
+
+    running: int
+    waiting: int
+    kv_cache_usage: float | None
+
+
+class EngineDead(RuntimeError):
+    """The engine can no longer serve; a supervisor should restart the process."""
+
+
+class Engine(Protocol):
+    """An inference engine the gateway can drive."""
+
+    model_name: str
+    max_model_len: int
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+
+    def generate(
+        self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions
+    ) -> AsyncGenerator[EngineOutput, None]:
+        """Stream one generation's deltas; the last output has a finish_reason."""
+        ...
+
+    async def abort(self, request_id: str) -> None:
+        """Stop a generation; harmless when it has already finished."""
+        ...
+
+    def is_healthy(self) -> bool: ...
+
+    def num_unfinished(self) -> int:
+        """Generations the engine still holds (running or waiting)."""
+        ...
+
+    def stats(self) -> EngineStats | None: ...

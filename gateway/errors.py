@@ -1,0 +1,82 @@
+"""The gateway's errors, each carrying what its HTTP answer needs.
+
+Every refusal is raised as one of these and turned into a response in one
+place (`error_response`), so a client never sees a traceback or the text of an
+internal exception.
+"""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+
+
+class GatewayError(Exception):
+    """A request the gateway refuses; `status` and `type` form the HTTP answer."""
+
+    status: int = 500
+    type: str = "internal_error"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+        self.param = param
+
+
+class BadChatRequest(GatewayError):
+    status, type = 400, "invalid_request"
+
+
+class InvalidBody(GatewayError):
+    status, type = 422, "invalid_body"
+
+
+class BodyTooLarge(GatewayError):
+    status, type = 413, "body_too_large"
+
+
+class Unauthorized(GatewayError):
+    status, type = 401, "invalid_api_key"
+
+
+class NotFound(GatewayError):
+    status, type = 404, "not_found"
+
+
+class SessionBusy(GatewayError):
+    status, type = 409, "session_busy"
+
+
+class Overloaded(GatewayError):
+    """The admission queue is full."""
+
+    status, type = 429, "too_many_requests"
+
+
+class EngineUnavailable(GatewayError):
+    """The engine is not ready, has died, or the gateway is draining."""
+
+    status, type = 503, "engine_unavailable"
+
+
+class QueueTimeout(GatewayError):
+    status, type = 503, "queue_timeout"
+
+
+class SessionStoreUnavailable(GatewayError):
+    status, type = 503, "session_store_unavailable"
+
+
+def error_body(error: GatewayError) -> dict[str, dict[str, str]]:
+    return {"error": {"type": error.type, "message": error.message}}
+
+
+def error_headers(error: GatewayError) -> dict[str, str]:
+    if error.retry_after is None:
+        return {}
+    return {"Retry-After": str(max(1, round(error.retry_after)))}
+
+
+def error_response(error: GatewayError) -> JSONResponse:
+    """The plain JSON answer for a request refused before streaming."""
+    return JSONResponse(error_body(error), status_code=error.status, headers=error_headers(error))

@@ -1,0 +1,109 @@
+"""Prometheus metrics, named after vLLM's where the meaning is the same.
+
+Each app gets its own registry, so several gateways (or tests) in one process
+never share counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gateway.admission import Load
+from gateway.engine import EngineStats
+
+_LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+_ITL_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The gateway's counters, gauges and histograms, in one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.ttft = Histogram(
+            "chatstream:time_to_first_token_seconds",
+            "Time from arrival to the first token.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "chatstream:inter_token_latency_seconds",
+            "Time between consecutive tokens.",
+            buckets=_ITL_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "chatstream:e2e_request_latency_seconds",
+            "Time from arrival to the end of the request.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "chatstream:request_queue_time_seconds",
+            "Time spent waiting for an admission slot.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter("chatstream:prompt_tokens", "Prompt tokens processed.", registry=r)
+        self.generation_tokens = Counter("chatstream:generation_tokens", "Tokens generated.", registry=r)
+        self.requests = Counter(
+            "chatstream:requests", "Admitted requests by route and completion state.", ["route", "state"], registry=r
+        )
+        self.rejections = Counter(
+            "chatstream:rejected_requests",
+            "Requests refused before the queue, by route and reason.",
+            ["route", "reason"],
+            registry=r,
+        )
+        self.running = Gauge("chatstream:num_requests_running", "Requests holding a generation slot.", registry=r)
+        self.waiting = Gauge("chatstream:num_requests_waiting", "Requests waiting for a slot.", registry=r)
+        self.capacity = Gauge("chatstream:admission_capacity", "Generation slots.", registry=r)
+        self.engine_running = Gauge("chatstream:engine_num_requests_running", "Requests the engine runs.", registry=r)
+        self.engine_waiting = Gauge("chatstream:engine_num_requests_waiting", "Requests the engine queues.", registry=r)
+        self.kv_cache_usage = Gauge("chatstream:kv_cache_usage_perc", "Engine KV-cache usage (1 = full).", registry=r)
+
+    def watch(self, load: Callable[[], Load], engine_stats: Callable[[], EngineStats | None]) -> None:
+        """Read the gauges from their owners at scrape time, so they can never drift."""
+        self.running.set_function(lambda: load().running)
+        self.waiting.set_function(lambda: load().waiting)
+        self.capacity.set_function(lambda: load().capacity)
+
+        def stat(pick: Callable[[EngineStats], float | None]) -> Callable[[], float]:
+            def read() -> float:
+                stats = engine_stats()
+                value = pick(stats) if stats is not None else None
+                return float("nan") if value is None else float(value)
+
+            return read
+
+        self.engine_running.set_function(stat(lambda s: s.running))
+        self.engine_waiting.set_function(stat(lambda s: s.waiting))
+        self.kv_cache_usage.set_function(stat(lambda s: s.kv_cache_usage))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

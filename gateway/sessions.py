@@ -1,0 +1,227 @@
+"""SessionMiddleware: a signed session-id cookie and server-side session data.
+
+The cookie holds only a random id, signed with itsdangerous; the data stays in
+a `SessionStore`. Anything wrong with the cookie (bad signature, garbage,
+expired, unknown id) means a fresh session with a new id, never an error, and
+never an id the client chose. Pure ASGI: it wraps `send` to add its
+Set-Cookie header beside any the app set, and never buffers a stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import Sequence
+from http.cookies import SimpleCookie
+from typing import Any, Literal
+
+from itsdangerous import BadSignature, TimestampSigner
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import SessionStoreUnavailable
+from gateway.stores import MemoryStore, SessionStore
+
+logger = logging.getLogger(__name__)
+
+_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")
+_MAX_COOKIE_CHARS = 512
+
+
+class Session(dict[str, Any]):
+    """A session's data. Setting or deleting a key marks it for saving.
+
+    A value changed in place (a ChatPrompt that got a new turn) must be set
+    again (`session["chat_prompt"] = prompt`) so the store saves it.
+    """
+
+    def __init__(self, data: dict[str, Any] | None = None) -> None:
+        super().__init__(data or {})
+        self.changed: set[str] = set()
+        self.removed: set[str] = set()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.changed.add(key)
+        self.removed.discard(key)
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self.removed.add(key)
+        self.changed.discard(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        if key in self:
+            self.removed.add(key)
+            self.changed.discard(key)
+        return super().pop(key, *default)
+
+    def clear(self) -> None:
+        self.removed.update(self.keys())
+        self.changed.clear()
+        super().clear()
+
+
+class SessionContext:
+    """What a request sees as `request.state.session`."""
+
+    def __init__(
+        self, store: SessionStore, session_id: str | None, data: dict[str, Any] | None, error: Exception | None
+    ) -> None:
+        self.store = store
+        self._id = session_id
+        self._session = Session(data)
+        self._error = error
+        self.issued = False  # a new id was created and needs a cookie
+
+    @property
+    def id(self) -> str:
+        """The session id, created on first use."""
+        if self._id is None:
+            self._id = secrets.token_urlsafe(32)
+            self.issued = True
+        return self._id
+
+    def get_session(self) -> Session:
+        """The session data (a dict). Raises SessionStoreUnavailable if the store could not be read."""
+        if self._error is not None:
+            raise SessionStoreUnavailable("the session store is unavailable", retry_after=5) from self._error
+        return self._session
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self._session.changed or self._session.removed)
+
+    async def flush(self) -> None:
+        """Save what changed now (the middleware also does this when the response ends)."""
+        if self._error is not None or not self.has_changes:
+            return
+        session_id = self.id
+        changed = {k: self._session[k] for k in self._session.changed}
+        removed = set(self._session.removed)
+        self._session.changed.clear()
+        self._session.removed.clear()
+        try:
+            await self.store.save(session_id, changed, removed)
+        except Exception as exc:
+            raise SessionStoreUnavailable("the session store is unavailable", retry_after=5) from exc
+
+    async def renew(self) -> None:
+        """Move the data to a fresh id and forget the old one (after a clear, or a login)."""
+        old = self._id
+        data = dict(self._session)
+        self._id, self._session = None, Session()
+        for key, value in data.items():
+            self._session[key] = value
+        _ = self.id
+        if old is not None:
+            await self.store.delete(old)
+
+    async def try_lock(self, owner: str) -> bool:
+        self.get_session()
+        try:
+            return await self.store.try_lock(self.id, owner)
+        except Exception as exc:
+            raise SessionStoreUnavailable("the session store is unavailable", retry_after=5) from exc
+
+    async def unlock(self, owner: str) -> None:
+        await self.store.unlock(self.id, owner)
+
+
+class SessionMiddleware:
+    """Gives every HTTP request `request.state.session`, kept server side in `store`.
+
+    `secret_key` signs the cookie; pass a list to rotate keys: the first signs,
+    every one verifies. `secure=False` only for local development over HTTP.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        secret_key: str | Sequence[str],
+        store: SessionStore | None = None,
+        *,
+        cookie_name: str = "chatstream_session",
+        http_only: bool = True,
+        secure: bool = True,
+        same_site: Literal["lax", "strict", "none"] = "lax",
+        path: str = "/",
+        max_age: int | None = None,
+        signature_max_age: int = 30 * 24 * 3600,
+    ) -> None:
+        keys = [secret_key] if isinstance(secret_key, str) else list(secret_key)
+        if not keys or any(len(k) < 16 for k in keys):
+            raise ValueError("session secret keys must be at least 16 characters")
+        self.app = app
+        self.store: SessionStore = store if store is not None else MemoryStore()
+        # itsdangerous signs with the last key and tries them all when verifying.
+        self._signer = TimestampSigner(list(reversed(keys)), salt="chatstream-gateway.session")
+        self._cookie_name = cookie_name
+        self._signature_max_age = signature_max_age
+        flags = [f"Path={path}", f"SameSite={same_site.capitalize()}"]
+        if max_age is not None:
+            flags.append(f"Max-Age={max_age}")
+        if http_only:
+            flags.append("HttpOnly")
+        if secure:
+            flags.append("Secure")
+        self._cookie_flags = "; ".join(flags)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        context = await self._open(scope)
+        scope.setdefault("state", {})["session"] = context
+
+        async def send_with_cookie(message: Message) -> None:
+            if message["type"] == "http.response.start" and context.has_changes:
+                _ = context.id  # data written before the response starts gets its cookie now
+            if message["type"] == "http.response.start" and context.issued:
+                headers = MutableHeaders(scope=message)
+                headers.append("Set-Cookie", self._cookie(context.id))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_cookie)
+        finally:
+            try:
+                await context.flush()
+            except SessionStoreUnavailable:
+                logger.warning("could not save session data: the session store is unavailable")
+
+    async def _open(self, scope: Scope) -> SessionContext:
+        session_id = self._verified_id(scope)
+        if session_id is None:
+            return SessionContext(self.store, None, None, None)
+        try:
+            data = await self.store.load(session_id)
+        except Exception as exc:
+            logger.warning("session store unavailable: %s", type(exc).__name__)
+            return SessionContext(self.store, session_id, None, exc)
+        if data is None:  # unknown or expired: a fresh id, never the one presented
+            return SessionContext(self.store, None, None, None)
+        return SessionContext(self.store, session_id, data, None)
+
+    def _verified_id(self, scope: Scope) -> str | None:
+        for name, value in scope.get("headers", ()):
+            if name != b"cookie":
+                continue
+            try:
+                jar: SimpleCookie = SimpleCookie(value.decode("latin-1"))
+            except Exception:
+                continue
+            morsel = jar.get(self._cookie_name)
+            if morsel is None or len(morsel.value) > _MAX_COOKIE_CHARS:
+                continue
+            try:
+                session_id = self._signer.unsign(morsel.value, max_age=self._signature_max_age).decode("ascii")
+            except (BadSignature, UnicodeDecodeError):
+                continue
+            if _ID_PATTERN.fullmatch(session_id):
+                return session_id
+        return None
+
+    def _cookie(self, session_id: str) -> str:
+        return f"{self._cookie_name}={self._signer.sign(session_id).decode('ascii')}; {self._cookie_flags}"

@@ -1,0 +1,96 @@
+"""Build the tiny offline model: a random-weight Llama with a byte-level BPE tokenizer.
+
+No model hub is reachable on the machines this project is developed and tested on,
+so the demo, the tests and the benchmarks run on a model made on the spot. Its
+output is gibberish; it exercises the whole pipeline and measures speed.
+The build is deterministic: the same seed gives the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+VOCAB_SIZE = 512
+
+# ChatML, the format many current chat models use; `<|im_end|>` is the EOS token.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# A word list reads better as prose than as a list literal.
+_WORDS = (  # noqa: SIM905
+    "the a an gateway stream token model answer question chat session cookie engine queue slot request "
+    "response server client browser prompt turn history cache fast slow ready busy error done delta event "
+    "user assistant system hello world こんにちは 会話 履歴 ストリーム 日本語 "
+    "émigré naïve café 🙂 ✓ 0 1 2 3 4 5 6 7 8 9"
+).split(" ")
+
+
+def _corpus(seed: int) -> list[str]:
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 16))) for _ in range(2000)]
+    lines.append("".join(chr(c) for c in range(32, 127)))
+    return lines
+
+
+def build_tiny_model(directory: str | Path, seed: int = 0) -> Path:
+    """Write the tiny model (config, weights, tokenizer, chat template) into `directory`."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_corpus(seed), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out)
+
+    eos_id = tokenizer.token_to_id("<|im_end|>")
+    config = LlamaConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,  # the CPU attention kernels reject head_dim=16
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.token_to_id("<|endoftext|>"),
+        eos_token_id=eos_id,
+        pad_token_id=tokenizer.token_to_id("<|endoftext|>"),
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.to(dtype=torch.bfloat16)  # type: ignore[call-arg]  # transformers' stub of .to is wrong
+    model.save_pretrained(out)
+    (out / "generation_config.json").write_text(json.dumps({"eos_token_id": eos_id}) + "\n")
+    return out
+
+
+def is_model_dir(directory: str | Path) -> bool:
+    """True when `directory` already holds a model this module (or anyone) wrote."""
+    d = Path(directory)
+    return (d / "config.json").is_file() and (d / "tokenizer.json").is_file()

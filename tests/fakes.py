@@ -1,0 +1,97 @@
+"""A fake engine behind the gateway's Engine protocol, for fast tests.
+
+It "generates" a scripted answer one character per token, and lets a test
+hold generations at a gate, slow them down, or make them fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Mapping, Sequence
+
+from gateway.engine import EngineDead, EngineOutput, EngineStats, SamplingOptions
+
+
+class CharTokenizer:
+    """One token per character; a ChatML-like template."""
+
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool) -> str:
+        text = "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in messages)
+        return text + ("<assistant>" if add_generation_prompt else "")
+
+
+class FakeEngine:
+    model_name = "fake-model"
+
+    def __init__(self, answer: str = "Hello from the fake engine.", max_model_len: int = 4096) -> None:
+        self.answer = answer
+        self.max_model_len = max_model_len
+        self.token_delay = 0.0
+        self.gate: asyncio.Event | None = None  # when set to an unset Event, generations wait on it
+        self.fail_after_tokens: int | None = None  # raise after this many tokens
+        self.dead = False
+        self.running: set[str] = set()
+        self.aborted: list[str] = []
+        self.prompts: list[list[int]] = []
+        self.options: list[SamplingOptions] = []
+        self._tokenizer = CharTokenizer()
+        self.started = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self) -> None:
+        self.started = False
+
+    @property
+    def tokenizer(self) -> CharTokenizer:
+        return self._tokenizer
+
+    def prompt_text(self, index: int = -1) -> str:
+        return "".join(chr(i) for i in self.prompts[index])
+
+    async def generate(
+        self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions
+    ) -> AsyncGenerator[EngineOutput, None]:
+        if self.dead:
+            raise EngineDead("fake engine is dead")
+        self.prompts.append(list(prompt_token_ids))
+        self.options.append(options)
+        self.running.add(request_id)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            text = self.answer
+            if options.ignore_eos:
+                text = (text * (options.max_tokens // max(len(text), 1) + 1))[: options.max_tokens]
+            text = text[: options.max_tokens]
+            for i, ch in enumerate(text):
+                if self.fail_after_tokens is not None and i >= self.fail_after_tokens:
+                    raise RuntimeError("fake engine failure")
+                if self.dead:
+                    raise EngineDead("fake engine died")
+                if self.token_delay:
+                    await asyncio.sleep(self.token_delay)
+                last = i == len(text) - 1
+                reason = ("length" if len(text) >= options.max_tokens else "stop") if last else None
+                yield EngineOutput(ch, 1, len(prompt_token_ids), reason)
+            if not text:
+                yield EngineOutput("", 0, len(prompt_token_ids), "length")
+        finally:
+            self.running.discard(request_id)
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+        self.running.discard(request_id)
+
+    def is_healthy(self) -> bool:
+        return self.started and not self.dead
+
+    def num_unfinished(self) -> int:
+        return len(self.running)
+
+    def stats(self) -> EngineStats | None:
+        return EngineStats(running=len(self.running), waiting=0, kv_cache_usage=None)
