@@ -1,0 +1,39 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.vllm_engine import VLLMEngine
+from tests.fakes import FakeEngine
+
+
+@pytest.fixture
+def fake_engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny offline model: `make test` builds it into models/tiny; otherwise build one here."""
+    given = os.environ.get("CHATSTREAM_TEST_MODEL")
+    if given and (Path(given) / "config.json").is_file():
+        return Path(given)
+    from gateway.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+async def real_engine(tiny_model_dir: Path) -> AsyncIterator[VLLMEngine]:
+    """One real vLLM engine (CPU, tiny model) for the whole test run."""
+    engine = VLLMEngine(str(tiny_model_dir), {"max_model_len": 1024})
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
