@@ -10,13 +10,14 @@ shielded from cancellation, so no way of ending can skip it.
 Cancellation flows:
 - the client disconnects: the watcher sees `http.disconnect` on `receive` and
   cancels the task group; the engine request is aborted in `finally`;
-- the client stops reading: a send that takes longer than `send_timeout`
-  counts as a disconnect;
+- the client stops reading: a send stalled longer than `send_timeout`
+  counts as a disconnect (the keep-alive task watches for it);
 - the server cancels the ASGI task (shutdown): `finally` still runs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -62,6 +63,8 @@ class Generation:
     engine_started: bool = False
     engine_finished: bool = False
     response_started: bool = False
+    send_started_at: float | None = None
+    last_send_at: float = 0.0
     deltas_sent: int = 0
     done_sent: bool = False
     client_gone: bool = False
@@ -176,15 +179,16 @@ class GenerationRunner:
             await self._send_refusal(send, gen, fmt, gen.error)
             return
 
-        lock = anyio.Lock()
-        if fmt.streaming:
-            tg.start_soon(self._ping, send, gen, fmt, lock)
+        # asyncio's Lock costs nothing uncontended; anyio's yields to the loop on
+        # every acquire, which is a task switch per token.
+        lock = asyncio.Lock()
+        tg.start_soon(self._keep_alive, send, gen, fmt, lock, tg.cancel_scope)
         try:
             await self._pump(gen, fmt, send, lock)
         except _ClientGone:
             gen.client_gone = True
 
-    async def _pump(self, gen: Generation, fmt: StreamFormat, send: Send, lock: anyio.Lock) -> None:
+    async def _pump(self, gen: Generation, fmt: StreamFormat, send: Send, lock: asyncio.Lock) -> None:
         metrics = self.metrics
         gen.engine_started = True
         try:
@@ -221,11 +225,19 @@ class GenerationRunner:
         gen.done_sent = True
 
     async def _send_body(
-        self, send: Send, gen: Generation, fmt: StreamFormat, lock: anyio.Lock, body: bytes, last: bool = False
+        self, send: Send, gen: Generation, fmt: StreamFormat, lock: asyncio.Lock, body: bytes, last: bool = False
     ) -> None:
         async with lock:
             await self._start(send, gen, fmt)
-            await self._send(send, {"type": "http.response.body", "body": body, "more_body": not last})
+            # No timeout scope per token (it would cost more than the send): the
+            # keep-alive task watches `send_started_at` and cuts a stalled client.
+            gen.send_started_at = time.monotonic()
+            try:
+                await send({"type": "http.response.body", "body": body, "more_body": not last})
+            except OSError as exc:
+                raise _ClientGone from exc
+            gen.send_started_at = None
+            gen.last_send_at = time.monotonic()
 
     async def _start(self, send: Send, gen: Generation, fmt: StreamFormat) -> None:
         # The status line waits for the first event, so anything that fails before
@@ -237,22 +249,40 @@ class GenerationRunner:
         await self._send(send, {"type": "http.response.start", "status": 200, "headers": headers})
 
     async def _send(self, send: Send, message: Message) -> None:
+        """A one-off send, bounded by `send_timeout`."""
         try:
             with anyio.fail_after(self.limits.send_timeout):
                 await send(message)
         except (TimeoutError, OSError) as exc:
             raise _ClientGone from exc
 
-    async def _ping(self, send: Send, gen: Generation, fmt: StreamFormat, lock: anyio.Lock) -> None:
-        # Keep-alive comments stop load balancers cutting a stream whose prefill is long.
-        try:
-            while True:
-                await anyio.sleep(self.limits.ping_interval)
-                async with lock:
-                    await self._start(send, gen, fmt)
-                    await self._send(send, {"type": "http.response.body", "body": fmt.ping, "more_body": True})
-        except _ClientGone:
-            gen.client_gone = True
+    async def _keep_alive(
+        self, send: Send, gen: Generation, fmt: StreamFormat, lock: asyncio.Lock, scope: anyio.CancelScope
+    ) -> None:
+        """Cut a client that stopped reading; send keep-alive comments while the stream is quiet.
+
+        Keep-alive comments stop load balancers cutting a stream whose prefill is long.
+        """
+        limits = self.limits
+        tick = min(limits.ping_interval, limits.send_timeout) / 4
+        gen.last_send_at = time.monotonic()
+        while True:
+            await anyio.sleep(tick)
+            now = time.monotonic()
+            if gen.send_started_at is not None and now - gen.send_started_at > limits.send_timeout:
+                gen.client_gone = True
+                scope.cancel()
+                return
+            if fmt.streaming and not lock.locked() and now - gen.last_send_at >= limits.ping_interval:
+                try:
+                    async with lock:
+                        await self._start(send, gen, fmt)
+                        await self._send(send, {"type": "http.response.body", "body": fmt.ping, "more_body": True})
+                        gen.last_send_at = time.monotonic()
+                except _ClientGone:
+                    gen.client_gone = True
+                    scope.cancel()
+                    return
 
     async def _watch_disconnect(self, request: Request, gen: Generation, scope: anyio.CancelScope) -> None:
         while True:
