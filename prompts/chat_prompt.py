@@ -76,6 +76,19 @@ class ChatPrompt:
         """Forget every turn; the system prompt and format stay."""
         self.messages.clear()
 
+    def forget_oldest(self, keep: int) -> int:
+        """Drop the oldest turns so at most `keep` messages remain; returns how many went.
+
+        The cut falls before a user message, so the conversation still opens
+        with a question; with `keep >= 2` the newest exchange always stays.
+        """
+        excess = len(self.messages) - keep
+        if excess <= 0:
+            return 0
+        cut = next((i for i in range(excess, len(self.messages)) if self.messages[i]["role"] == "user"), excess)
+        del self.messages[:cut]
+        return cut
+
     def __len__(self) -> int:
         return len(self.messages)
 

@@ -55,10 +55,12 @@ class TemplateFormat:
     def render(
         self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool, tokenizer: Tokenizer | None
     ) -> str:
-        if tokenizer is None:
-            raise FormatNeedsTokenizer("the 'template' prompt format needs a tokenizer: call ChatPrompt.bind()")
+        # An empty conversation renders as nothing, with or without a tokenizer
+        # (a callback may render a conversation that was rolled back to empty).
         if not messages:
             return ""
+        if tokenizer is None:
+            raise FormatNeedsTokenizer("the 'template' prompt format needs a tokenizer: call ChatPrompt.bind()")
         return tokenizer.render_chat(messages, add_generation_prompt)
 
 
