@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 MODEL  ?= models/tiny
 PORT   ?= 8000
 
-.PHONY: demo test lint system-deps bench bench-full soak clean
+.PHONY: demo test lint system-deps bench bench-full soak clean screenshots
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,6 +33,29 @@ lint: $(STAMP)
 
 test: system-deps $(STAMP) $(MODEL)/config.json lint
 	CHATSTREAM_TEST_MODEL=$(MODEL) $(PY) -m pytest -q
+
+# The benchmark harness (README, section bench). `bench` is the quick smoke run CI also makes
+# through tests/test_bench_smoke.py; `bench-full` is the committed run (about 20 minutes here).
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $@
+
+bench: $(BENCH_STAMP) $(MODEL)/config.json
+	$(PY) -m benchmarks suite --quick --model $(MODEL) --out benchmarks/results/quick
+
+bench-full: $(BENCH_STAMP) $(MODEL)/config.json
+	$(PY) -m benchmarks suite --model $(MODEL) --out benchmarks/results/$$(date -u +%Y-%m-%d)
+
+# The reliability suite's long loops (README, section guarantees): the same tests as CI with
+# 1,000 client-departure rounds, 100,000 flooded sessions and 300 fuzz cases per route; figures printed.
+soak: $(STAMP) $(MODEL)/config.json
+	CHATSTREAM_SOAK=1 CHATSTREAM_TEST_MODEL=$(MODEL) $(PY) -m pytest -q -s tests/reliability
+
+# The README's pictures of the chat page (docs/screenshots/*.png), taken in headless Chromium.
+screenshots: system-deps $(STAMP)
+	$(PY) -m tests.screenshots docs/screenshots
 
 clean:
 	rm -rf $(VENV) models .pytest_cache .mypy_cache .ruff_cache

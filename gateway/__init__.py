@@ -8,9 +8,11 @@ from gateway.conversations import Conversation, ConversationHandler, SessionConv
 from gateway.engine import Engine, EngineDead, EngineOutput, EngineStats, SamplingOptions
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
+from gateway.persistent import ConversationIdHeader, PersistentConversations
 from gateway.sessions import Session, SessionContext, SessionMiddleware
 from gateway.settings import Settings
 from gateway.stores import MemoryStore, SessionStore
+from gateway.users import UserKeys
 from prompts import ChatPrompt
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "CompletionState",
     "Conversation",
     "ConversationHandler",
+    "ConversationIdHeader",
     "Engine",
     "EngineDead",
     "EngineOutput",
@@ -30,6 +33,7 @@ __all__ = [
     "Load",
     "MemoryStore",
     "Metrics",
+    "PersistentConversations",
     "SamplingOptions",
     "Session",
     "SessionContext",
@@ -37,5 +41,6 @@ __all__ = [
     "SessionMiddleware",
     "SessionStore",
     "Settings",
+    "UserKeys",
     "create_app",
 ]

@@ -11,10 +11,16 @@ from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
+from gateway import api_docs
+from gateway.access_log import AccessLogMiddleware
+from gateway.auth import APIKeyMiddleware
 from gateway.chat_stream import ChatStream
 from gateway.completion import CompletionCallback
 from gateway.engine import Engine
 from gateway.metrics import CONTENT_TYPE
+from gateway.openai_api import add_openai_routes
+from gateway.page import add_cors, add_page
+from gateway.persistent import ConversationIdHeader, PersistentConversations, make_persistent_conversations
 from gateway.sessions import SessionMiddleware
 from gateway.settings import Settings
 from gateway.stores import MemoryStore, SessionStore
@@ -35,7 +41,7 @@ def make_store(settings: Settings) -> SessionStore:
 def make_chat_stream(settings: Settings, engine: Engine | None = None) -> ChatStream:
     """The ChatStream these settings describe; `engine` replaces vLLM (tests, benchmarks)."""
     model = None if engine is not None else (settings.model or str(settings.tiny_model_dir))
-    return ChatStream(
+    chat = ChatStream(
         model,
         engine=engine,
         engine_args=settings.engine_args(),
@@ -51,10 +57,14 @@ def make_chat_stream(settings: Settings, engine: Engine | None = None) -> ChatSt
         repetition_penalty=settings.repetition_penalty,
         ignore_eos=settings.ignore_eos,
         max_input_chars=settings.max_input_chars,
+        max_history_messages=settings.max_history_messages,
         max_body_bytes=settings.max_body_bytes,
         send_timeout=settings.send_timeout,
         ping_interval=settings.ping_interval,
     )
+    if settings.conversation_db is not None:
+        chat.conversations = make_persistent_conversations(settings, chat.new_prompt)
+    return chat
 
 
 def create_app(
@@ -64,7 +74,7 @@ def create_app(
     chat_stream: ChatStream | None = None,
     callback: CompletionCallback | None = None,
 ) -> FastAPI:
-    """The whole gateway: `/chat_stream` and its helpers, health and metrics."""
+    """The whole gateway: `/chat_stream` and its helpers, the OpenAI routes, health and metrics."""
     settings = settings or Settings()
     chat = chat_stream or make_chat_stream(settings, engine)
     store = make_store(settings)
@@ -76,10 +86,15 @@ def create_app(
                 yield
             finally:
                 await store.close()
+                if isinstance(chat.conversations, PersistentConversations):
+                    await chat.conversations.close()
 
     app = FastAPI(title="chatstream-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.chat_stream = chat
     app.state.settings = settings
+    if isinstance(chat.conversations, PersistentConversations):
+        chat.conversations.add_routes(app)
+        app.add_middleware(ConversationIdHeader)
 
     secret_keys = settings.session_secrets()
     if not secret_keys:
@@ -104,45 +119,60 @@ def create_app(
         body = {"error": {"type": "internal_error", "message": "the server failed to handle this request"}}
         return JSONResponse(body, status_code=500)
 
-    @app.post("/chat_stream")
+    @app.post("/chat_stream", **api_docs.CHAT_STREAM)
     async def chat_stream_route(request: Request) -> Response:
         return await chat.handle_chat_stream_request(request, callback=callback)
 
-    @app.post("/clear_context")
+    @app.post("/clear_context", **api_docs.CLEAR_CONTEXT)
     async def clear_context(request: Request) -> Response:
         return await chat.handle_clear_context_request(request)
 
-    @app.get("/get_prompt")
+    @app.get("/get_prompt", **api_docs.GET_PROMPT)
     async def get_prompt(request: Request) -> Response:
         return await chat.handle_get_prompt_request(request)
 
-    @app.get("/get_generation_params")
+    @app.get("/get_generation_params", **api_docs.GET_GENERATION_PARAMS)
     async def get_generation_params(request: Request) -> Response:
         return await chat.handle_get_generation_params_request(request)
 
-    @app.post("/set_generation_params")
+    @app.post("/set_generation_params", **api_docs.SET_GENERATION_PARAMS)
     async def set_generation_params(request: Request) -> Response:
         return await chat.handle_set_generation_params_request(request)
 
-    @app.get("/get_load")
+    @app.get("/get_load", **api_docs.GET_LOAD)
     async def get_load(request: Request) -> Response:
         return await chat.handle_get_load_request(request)
 
-    @app.get("/health")
+    @app.get("/health", **api_docs.HEALTH)
     async def health() -> Response:
         if chat.engine.is_healthy():
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "engine_unavailable"}, status_code=503)
 
-    @app.get("/ready")
+    @app.get("/ready", **api_docs.HEALTH)
     async def ready() -> Response:
         if chat.engine.is_healthy() and not chat.admission.draining:
             return JSONResponse({"status": "ready"})
         status = "draining" if chat.admission.draining else "engine_unavailable"
         return JSONResponse({"status": status}, status_code=503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", **api_docs.METRICS)
     async def metrics() -> Response:
         return Response(chat.metrics.render(), media_type=CONTENT_TYPE)
 
+    add_openai_routes(app, chat, settings.served_model_name, callback)
+    api_keys = settings.api_keys()
+    if api_keys:
+        app.add_middleware(
+            APIKeyMiddleware,
+            keys=api_keys,
+            metrics_auth=settings.metrics_auth,
+            on_refusal=lambda route, err: chat.metrics.rejections.labels(route, err.type).inc(),
+        )
+    add_page(app)
+    # Added last, so it is the outermost middleware: preflight requests are
+    # answered before any session or key check, and refusals carry CORS headers.
+    add_cors(app, settings)
+    # Outside even CORS, so every response (preflights included) carries X-Request-Id.
+    app.add_middleware(AccessLogMiddleware)
     return app

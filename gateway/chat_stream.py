@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -42,6 +42,17 @@ class ChatStreamBody(BaseModel):
 
     user_input: str = ""
     regenerate: bool = False
+
+    @field_validator("user_input")
+    @classmethod
+    def _utf8_encodable(cls, value: str) -> str:
+        # JSON can spell lone surrogates ("\ud800"): no tokenizer, store or UTF-8
+        # response can carry them, so they are refused here rather than failing later.
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode text (it contains a lone surrogate)") from None
+        return value
 
 
 class GenerationParams(BaseModel):
@@ -113,6 +124,7 @@ class ChatStream:
         repetition_penalty: float = 1.0,
         ignore_eos: bool = False,
         max_input_chars: int = 32_000,
+        max_history_messages: int = 1000,
         max_body_bytes: int = 256 * 1024,
         send_timeout: float = 30.0,
         ping_interval: float = 15.0,
@@ -137,6 +149,10 @@ class ChatStream:
         self.max_new_tokens = max_new_tokens
         self.ignore_eos = ignore_eos
         self.max_input_chars = max_input_chars
+        if max_history_messages < 2:
+            raise ValueError("max_history_messages must be at least 2 (the newest question and its answer)")
+        # Trimming in render() bounds what the engine sees; this bounds what a session stores.
+        self.max_history_messages = max_history_messages
         self.max_body_bytes = max_body_bytes
         self.chat_prompt_clazz = chat_prompt_clazz
         self.system_prompt = system_prompt
@@ -272,7 +288,7 @@ class ChatStream:
         try:
             update = GenerationParams.model_validate(await self._read_json(request, request_body))
             if update.max_new_tokens is not None and update.max_new_tokens > self.max_new_tokens:
-                raise BadChatRequest(f"max_new_tokens must be at most {self.max_new_tokens}", param="max_new_tokens")
+                raise InvalidBody(f"max_new_tokens: must be at most {self.max_new_tokens}", param="max_new_tokens")
             conversation = await self.open_conversation(request, lock=False)
             conversation.params.update(update.model_dump(exclude_unset=True))
             await conversation.save()
@@ -365,6 +381,7 @@ class _ChatStreamResponse(Response):
             try:
                 if gen.sent_parts:
                     prompt.add_assistant(gen.sent_text)
+                    prompt.forget_oldest(chat.max_history_messages)
                 else:  # nothing reached the client: the conversation is as it was
                     prompt.restore(snapshot)
                 await conversation.save()

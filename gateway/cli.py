@@ -51,19 +51,28 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.drain import DrainingServer
     from gateway.tiny_model import build_tiny_model, is_model_dir
 
     if settings.model is None and not is_model_dir(settings.tiny_model_dir):
         logging.getLogger(__name__).info("building the tiny offline model in %s", settings.tiny_model_dir)
         build_tiny_model(settings.tiny_model_dir)
     app = create_app(settings)
-    uvicorn.run(
+    # SIGTERM drains first (gateway.drain); what is still running after
+    # drain_timeout gets a few more seconds before uvicorn cancels it.
+    # access_log=False: the gateway writes its own one line per request (gateway/access_log.py).
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.drain_timeout) or None,
+        timeout_graceful_shutdown=5,
+        access_log=False,
     )
+    server = DrainingServer(config, app.state.chat_stream.admission, settings.drain_timeout)
+    server.run()
+    if not server.started:
+        sys.exit(3)  # uvicorn's exit status for a failed start-up
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,6 +83,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     tiny = commands.add_parser("make-tiny-model", help="write the tiny offline model into DIR")
     tiny.add_argument("directory", metavar="DIR")
     tiny.add_argument("--seed", type=int, default=0, help="weights and tokenizer seed [default 0]")
+    # Listed here for --help; its own parser (benchmarks/cli.py) reads its arguments.
+    commands.add_parser("bench", help="run the benchmark harness (`chatstream-gateway bench -h`)", add_help=False)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from benchmarks.cli import main as bench_main
+
+        return bench_main(argv[1:])
     args = parser.parse_args(argv)
 
     if args.command == "make-tiny-model":

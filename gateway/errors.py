@@ -43,6 +43,12 @@ class NotFound(GatewayError):
     status, type = 404, "not_found"
 
 
+class ModelNotFound(NotFound):
+    """An OpenAI request named a model this gateway does not serve."""
+
+    type = "model_not_found"
+
+
 class SessionBusy(GatewayError):
     status, type = 409, "session_busy"
 

@@ -13,7 +13,6 @@ import logging
 import re
 import secrets
 from collections.abc import Sequence
-from http.cookies import SimpleCookie
 from typing import Any, Literal
 
 from itsdangerous import BadSignature, TimestampSigner
@@ -208,19 +207,20 @@ class SessionMiddleware:
         for name, value in scope.get("headers", ()):
             if name != b"cookie":
                 continue
-            try:
-                jar: SimpleCookie = SimpleCookie(value.decode("latin-1"))
-            except Exception:
-                continue
-            morsel = jar.get(self._cookie_name)
-            if morsel is None or len(morsel.value) > _MAX_COOKIE_CHARS:
-                continue
-            try:
-                session_id = self._signer.unsign(morsel.value, max_age=self._signature_max_age).decode("ascii")
-            except (BadSignature, UnicodeDecodeError):
-                continue
-            if _ID_PATTERN.fullmatch(session_id):
-                return session_id
+            # Split by hand, as browsers do: SimpleCookie drops the whole header when
+            # any other cookie on the site is not RFC-strict (`a=b c`), which would
+            # lose the session on every request. Several cookies with our name
+            # (another path) may come: the first one that verifies wins.
+            for pair in value.decode("latin-1").split(";"):
+                key, _, raw = pair.partition("=")
+                if key.strip() != self._cookie_name or len(raw) > _MAX_COOKIE_CHARS:
+                    continue
+                try:
+                    session_id = self._signer.unsign(raw.strip(), max_age=self._signature_max_age).decode("ascii")
+                except (BadSignature, UnicodeDecodeError):
+                    continue
+                if _ID_PATTERN.fullmatch(session_id):
+                    return session_id
         return None
 
     def _cookie(self, session_id: str) -> str:

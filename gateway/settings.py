@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # --- limits
     max_body_bytes: int = Field(256 * 1024, ge=1024, description="largest request body (413 beyond)")
     max_input_chars: int = Field(32_000, ge=1, description="longest user_input")
+    max_history_messages: int = Field(
+        1000, ge=2, description="messages a conversation keeps (the oldest are forgotten beyond it)"
+    )
     send_timeout: float = Field(30.0, gt=0, description="seconds a client may stall a stream before it is cut")
     ping_interval: float = Field(15.0, gt=0, description="seconds between SSE keep-alive comments")
 
@@ -79,6 +82,10 @@ class Settings(BaseSettings):
     max_sessions: int = Field(10_000, ge=1, description="sessions kept in memory (least recently used dropped)")
     secure_cookies: bool = Field(True, description="send the session cookie over HTTPS only")
     cookie_name: str = Field("chatstream_session", description="session cookie name")
+    conversation_db: str | None = Field(
+        None, description="keep each user's conversations in sqlite:///PATH or postgresql://... (needs --users-file)"
+    )
+    users_file: Path | None = Field(None, description="file of 'API_KEY USER_ID' lines for --conversation-db")
 
     # --- access
     api_key: list[SecretStr] = Field(default_factory=list, description="bearer keys for the API routes (repeatable)")

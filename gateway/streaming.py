@@ -31,6 +31,7 @@ import anyio.abc
 from starlette.requests import Request
 from starlette.types import Message, Send
 
+from gateway.access_log import mark_logged, request_id_of
 from gateway.admission import AdmissionController, Ticket
 from gateway.completion import CompletionCallback, CompletionState, fire_callback
 from gateway.engine import Engine, EngineDead, SamplingOptions
@@ -147,7 +148,7 @@ class GenerationRunner:
                 await on_end(gen)
             finally:
                 await self._send_refusal(send, gen, fmt, refusal)
-                self._log(gen)
+                self._log(request, gen)
             return
 
         try:
@@ -156,12 +157,12 @@ class GenerationRunner:
                 await self._serve(ticket, gen, fmt, send, tg)
                 tg.cancel_scope.cancel()
         except Exception as exc:  # a bug or an engine fault: report it, never raise into the server
-            gen.error = exc
+            gen.error = _first_error(exc)
             logger.exception("request %s failed", gen.request_id)
             await self._send_failure(send, gen, fmt)
         finally:
             with anyio.CancelScope(shield=True):
-                await self._finish(request, ticket, gen, on_end, callback)
+                await self._finish(request, send, ticket, gen, on_end, callback)
 
     async def _serve(
         self, ticket: Ticket, gen: Generation, fmt: StreamFormat, send: Send, tg: anyio.abc.TaskGroup
@@ -219,7 +220,8 @@ class GenerationRunner:
             gen.error = EngineUnavailable("the engine stopped while generating this answer", retry_after=5)
             await self._send_failure(send, gen, fmt)
             return
-        await self._send_body(send, gen, fmt, lock, fmt.done(gen), last=True)
+        # The response stays open until _finish has run on_end (see there).
+        await self._send_body(send, gen, fmt, lock, fmt.done(gen))
         if not fmt.streaming:
             gen.sent_parts = list(gen.text_parts)
         gen.done_sent = True
@@ -326,6 +328,7 @@ class GenerationRunner:
     async def _finish(
         self,
         request: Request,
+        send: Send,
         ticket: Ticket,
         gen: Generation,
         on_end: Callable[[Generation], Awaitable[None]],
@@ -343,19 +346,31 @@ class GenerationRunner:
             await on_end(gen)
         except Exception:
             logger.exception("finishing request %s failed", gen.request_id)
+        if gen.done_sent:
+            # The response ends only after on_end saved the conversation and released
+            # its lock, so a client that sends its next turn as soon as this response
+            # is complete never finds the conversation still busy (409).
+            try:
+                await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False})
+            except _ClientGone:
+                gen.client_gone = True
         m = self.metrics
         m.requests.labels(gen.route, gen.state.value).inc()
         m.e2e.observe(gen.ended_at - gen.arrived_at)
         m.prompt_tokens.inc(gen.prompt_tokens)
         m.generation_tokens.inc(gen.completion_tokens)
         await fire_callback(callback, request, gen.state)
-        self._log(gen)
+        self._log(request, gen)
 
-    def _log(self, gen: Generation) -> None:
+    def _log(self, request: Request, gen: Generation) -> None:
+        # This is the request's one access-log line: the access middleware skips it.
+        mark_logged(request.scope)
         ended = gen.ended_at or time.monotonic()
         ttft = gen.ttft
         logger.info(
-            "request %s route=%s state=%s status=%d ttft=%s prompt_tokens=%d completion_tokens=%d duration=%.3fs",
+            "request %s generation=%s route=%s state=%s status=%d ttft=%s prompt_tokens=%d completion_tokens=%d "
+            "duration=%.3fs",
+            request_id_of(request.scope) or "-",
             gen.request_id,
             gen.route,
             gen.state.value if gen.state else "refused",
@@ -367,10 +382,20 @@ class GenerationRunner:
         )
 
 
+def _first_error(exc: BaseException) -> BaseException:
+    # The task group wraps what the stream raised in an ExceptionGroup; unwrapped,
+    # a GatewayError from the engine (a request vLLM rejects: 400) keeps its status.
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _state_of(gen: Generation) -> CompletionState:
     if gen.done_sent:
         return CompletionState.SUCCESS
-    if gen.client_gone:
+    # A refusal sent after queueing (queue timeout, engine gone) completes the
+    # response, and the server then reports `http.disconnect`: that is not a client leaving.
+    if gen.client_gone and gen.error is None:
         if gen.deltas_sent:
             return CompletionState.CLIENT_DISCONNECTED_WHILE_STREAMING
         return CompletionState.CLIENT_DISCONNECTED_BEFORE_STREAMING

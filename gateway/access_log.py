@@ -1,0 +1,74 @@
+"""Request ids and the access log, as pure ASGI middleware.
+
+Every response carries `X-Request-Id`: the client's own when it sent a sane
+one, else a fresh one. The id is put into the request's state
+(`request.state.request_id`) so the generation log line can carry it. Each
+request is logged in exactly one INFO line: a generation's line comes from the
+`GenerationRunner` (with its state, TTFT and token counts) and marks the
+request as logged; this middleware logs every other request. Neither line ever
+holds a prompt or an answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+
+_SANE_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+REQUEST_ID_STATE = "request_id"
+LOGGED_STATE = "access_logged"
+
+
+def request_id_of(scope: Scope) -> str | None:
+    """The request id the access middleware gave this request, if it runs."""
+    state = scope.get("state")
+    return None if state is None else state.get(REQUEST_ID_STATE)
+
+
+def mark_logged(scope: Scope) -> None:
+    """Tell the access middleware that this request's log line is already written."""
+    scope.setdefault("state", {})[LOGGED_STATE] = True
+
+
+class AccessLogMiddleware:
+    """Gives every HTTP request an id, echoes it as `X-Request-Id`, and logs it once."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        request_id = given.decode() if _SANE_ID.fullmatch(given) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state[REQUEST_ID_STATE] = request_id
+        started = time.monotonic()
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if not state.get(LOGGED_STATE):
+                logger.info(
+                    "request %s method=%s route=%s status=%s duration=%.3fs",
+                    request_id,
+                    scope["method"],
+                    scope["path"],
+                    status or "-",
+                    time.monotonic() - started,
+                )

@@ -1,0 +1,331 @@
+"""Where the persistent handler keeps conversations: SQLite or PostgreSQL.
+
+One table, one row per conversation, owned by one user. Every query names the
+user, so a conversation id alone never reaches another user's data. The
+generation lock is two columns (`locked_by`, `lock_expires`) set by a single
+conditional UPDATE, so it holds across every process that shares the
+database, and a lock whose holder died lapses when it expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+DeleteResult = Literal["deleted", "missing", "busy"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredConversation:
+    id: str
+    title: str
+    turns: int
+    created_at: float
+    updated_at: float
+    prompt: str = ""  # encoded ChatPrompt (gateway.stores.encode_value)
+    params: str = "{}"  # JSON object
+
+
+class ConversationDB(Protocol):
+    """A user's conversations, by id. Lock durations are in seconds."""
+
+    async def get(self, user: str, cid: str) -> StoredConversation | None: ...
+
+    async def list_user(self, user: str) -> list[StoredConversation]:
+        """The user's conversations, most recently updated first (without prompt and params)."""
+        ...
+
+    async def create(self, user: str, row: StoredConversation, owner: str | None, ttl: float) -> None:
+        """A new conversation, locked by `owner` when given."""
+        ...
+
+    async def save(self, user: str, row: StoredConversation) -> None:
+        """Write the prompt, params, title and turns (creating the row if new)."""
+        ...
+
+    async def delete(self, user: str, cid: str) -> DeleteResult: ...
+
+    async def try_lock(self, user: str, cid: str, owner: str, ttl: float) -> bool: ...
+
+    async def renew(self, cid: str, owner: str, ttl: float) -> bool: ...
+
+    async def unlock(self, cid: str, owner: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def open_db(url: str) -> ConversationDB:
+    """`sqlite:///relative/path`, `sqlite:////absolute/path`, or `postgresql://user@host/db`."""
+    if url.startswith("sqlite:///"):
+        return SQLiteDB(url.removeprefix("sqlite:///"))
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresDB(url)
+    raise ValueError(f"unknown conversation database {url!r}: use sqlite:///PATH or postgresql://...")
+
+
+_COLUMNS = "id, title, turns, created_at, updated_at, prompt, params"
+_LIST_COLUMNS = "id, title, turns, created_at, updated_at"
+
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    title TEXT NOT NULL,
+    turns INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    prompt TEXT NOT NULL,
+    params TEXT NOT NULL,
+    locked_by TEXT,
+    lock_expires REAL
+);
+CREATE INDEX IF NOT EXISTS conversations_by_user ON conversations (user_id, updated_at);
+"""
+
+
+class SQLiteDB:
+    """An embedded database file (no server). Several processes on one host may share it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._conn: Any = None
+        self._opening = asyncio.Lock()
+
+    async def _db(self) -> Any:
+        async with self._opening:
+            if self._conn is None:
+                import aiosqlite
+
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = await aiosqlite.connect(self.path, timeout=5.0)
+                await conn.execute("PRAGMA journal_mode=WAL")
+                await conn.executescript(_SQLITE_SCHEMA)
+                await conn.commit()
+                self._conn = conn
+            return self._conn
+
+    async def _write(self, sql: str, *args: Any) -> int:
+        conn = await self._db()
+        cursor = await conn.execute(sql, args)
+        await conn.commit()
+        return int(cursor.rowcount)
+
+    async def get(self, user: str, cid: str) -> StoredConversation | None:
+        conn = await self._db()
+        sql = f"SELECT {_COLUMNS} FROM conversations WHERE id = ? AND user_id = ?"
+        async with conn.execute(sql, (cid, user)) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else StoredConversation(*row)
+
+    async def list_user(self, user: str) -> list[StoredConversation]:
+        conn = await self._db()
+        sql = f"SELECT {_LIST_COLUMNS} FROM conversations WHERE user_id = ? ORDER BY updated_at DESC"
+        async with conn.execute(sql, (user,)) as cursor:
+            return [StoredConversation(*row) for row in await cursor.fetchall()]
+
+    async def create(self, user: str, row: StoredConversation, owner: str | None, ttl: float) -> None:
+        expires = time.time() + ttl if owner is not None else None
+        await self._write(
+            "INSERT INTO conversations (id, user_id, title, turns, created_at, updated_at, prompt, params,"
+            " locked_by, lock_expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            row.id,
+            user,
+            row.title,
+            row.turns,
+            row.created_at,
+            row.updated_at,
+            row.prompt,
+            row.params,
+            owner,
+            expires,
+        )
+
+    async def save(self, user: str, row: StoredConversation) -> None:
+        await self._write(
+            "INSERT INTO conversations (id, user_id, title, turns, created_at, updated_at, prompt, params)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET title = excluded.title,"
+            " turns = excluded.turns, updated_at = excluded.updated_at, prompt = excluded.prompt,"
+            " params = excluded.params WHERE conversations.user_id = excluded.user_id",
+            row.id,
+            user,
+            row.title,
+            row.turns,
+            row.created_at,
+            row.updated_at,
+            row.prompt,
+            row.params,
+        )
+
+    async def delete(self, user: str, cid: str) -> DeleteResult:
+        deleted = await self._write(
+            "DELETE FROM conversations WHERE id = ? AND user_id = ? AND (locked_by IS NULL OR lock_expires < ?)",
+            cid,
+            user,
+            time.time(),
+        )
+        if deleted:
+            return "deleted"
+        return "busy" if await self.get(user, cid) is not None else "missing"
+
+    async def try_lock(self, user: str, cid: str, owner: str, ttl: float) -> bool:
+        now = time.time()
+        return (
+            await self._write(
+                "UPDATE conversations SET locked_by = ?, lock_expires = ?"
+                " WHERE id = ? AND user_id = ? AND (locked_by IS NULL OR lock_expires < ?)",
+                owner,
+                now + ttl,
+                cid,
+                user,
+                now,
+            )
+            == 1
+        )
+
+    async def renew(self, cid: str, owner: str, ttl: float) -> bool:
+        sql = "UPDATE conversations SET lock_expires = ? WHERE id = ? AND locked_by = ?"
+        return await self._write(sql, time.time() + ttl, cid, owner) == 1
+
+    async def unlock(self, cid: str, owner: str) -> None:
+        sql = "UPDATE conversations SET locked_by = NULL, lock_expires = NULL WHERE id = ? AND locked_by = ?"
+        await self._write(sql, cid, owner)
+
+    async def close(self) -> None:
+        async with self._opening:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await conn.close()
+
+
+# Lock times come from the database's clock, so replicas with skewed clocks agree.
+_PG_NOW = "extract(epoch from clock_timestamp())"
+
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    title TEXT NOT NULL,
+    turns INTEGER NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    prompt TEXT NOT NULL,
+    params TEXT NOT NULL,
+    locked_by TEXT,
+    lock_expires DOUBLE PRECISION
+);
+CREATE INDEX IF NOT EXISTS conversations_by_user ON conversations (user_id, updated_at);
+"""
+
+
+class PostgresDB:
+    """A PostgreSQL database shared by several gateway replicas (asyncpg pool)."""
+
+    def __init__(self, dsn: str, *, timeout: float = 5.0) -> None:
+        self.dsn = dsn
+        self.timeout = timeout
+        self._pool: Any = None
+        self._opening = asyncio.Lock()
+
+    async def _db(self) -> Any:
+        async with self._opening:
+            if self._pool is None:
+                import asyncpg
+
+                pool = await asyncpg.create_pool(
+                    self.dsn, min_size=1, max_size=10, timeout=self.timeout, command_timeout=self.timeout
+                )
+                async with pool.acquire() as conn, conn.transaction():
+                    # Replicas starting together would race on CREATE TABLE IF NOT EXISTS.
+                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('chatstream-gateway schema'))")
+                    await conn.execute(_PG_SCHEMA)
+                self._pool = pool
+            return self._pool
+
+    async def _execute(self, sql: str, *args: Any) -> int:
+        pool = await self._db()
+        status = await pool.execute(sql, *args)  # e.g. "UPDATE 1"
+        return int(str(status).rsplit(" ", 1)[-1])
+
+    async def get(self, user: str, cid: str) -> StoredConversation | None:
+        pool = await self._db()
+        row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM conversations WHERE id = $1 AND user_id = $2", cid, user)
+        return None if row is None else StoredConversation(*row)
+
+    async def list_user(self, user: str) -> list[StoredConversation]:
+        pool = await self._db()
+        sql = f"SELECT {_LIST_COLUMNS} FROM conversations WHERE user_id = $1 ORDER BY updated_at DESC"
+        return [StoredConversation(*row) for row in await pool.fetch(sql, user)]
+
+    async def create(self, user: str, row: StoredConversation, owner: str | None, ttl: float) -> None:
+        await self._execute(
+            "INSERT INTO conversations (id, user_id, title, turns, created_at, updated_at, prompt, params,"
+            f" locked_by, lock_expires) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
+            f" CASE WHEN $9::text IS NULL THEN NULL ELSE {_PG_NOW} + $10 END)",
+            row.id,
+            user,
+            row.title,
+            row.turns,
+            row.created_at,
+            row.updated_at,
+            row.prompt,
+            row.params,
+            owner,
+            ttl,
+        )
+
+    async def save(self, user: str, row: StoredConversation) -> None:
+        await self._execute(
+            "INSERT INTO conversations (id, user_id, title, turns, created_at, updated_at, prompt, params)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO UPDATE SET title = excluded.title,"
+            " turns = excluded.turns, updated_at = excluded.updated_at, prompt = excluded.prompt,"
+            " params = excluded.params WHERE conversations.user_id = excluded.user_id",
+            row.id,
+            user,
+            row.title,
+            row.turns,
+            row.created_at,
+            row.updated_at,
+            row.prompt,
+            row.params,
+        )
+
+    async def delete(self, user: str, cid: str) -> DeleteResult:
+        deleted = await self._execute(
+            "DELETE FROM conversations WHERE id = $1 AND user_id = $2"
+            f" AND (locked_by IS NULL OR lock_expires < {_PG_NOW})",
+            cid,
+            user,
+        )
+        if deleted:
+            return "deleted"
+        return "busy" if await self.get(user, cid) is not None else "missing"
+
+    async def try_lock(self, user: str, cid: str, owner: str, ttl: float) -> bool:
+        return (
+            await self._execute(
+                f"UPDATE conversations SET locked_by = $1, lock_expires = {_PG_NOW} + $2"
+                f" WHERE id = $3 AND user_id = $4 AND (locked_by IS NULL OR lock_expires < {_PG_NOW})",
+                owner,
+                ttl,
+                cid,
+                user,
+            )
+            == 1
+        )
+
+    async def renew(self, cid: str, owner: str, ttl: float) -> bool:
+        sql = f"UPDATE conversations SET lock_expires = {_PG_NOW} + $1 WHERE id = $2 AND locked_by = $3"
+        return await self._execute(sql, ttl, cid, owner) == 1
+
+    async def unlock(self, cid: str, owner: str) -> None:
+        sql = "UPDATE conversations SET locked_by = NULL, lock_expires = NULL WHERE id = $1 AND locked_by = $2"
+        await self._execute(sql, cid, owner)
+
+    async def close(self) -> None:
+        async with self._opening:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                await pool.close()

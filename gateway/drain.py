@@ -1,0 +1,68 @@
+"""Graceful shutdown: drain on SIGTERM, then let uvicorn exit.
+
+Uvicorn's own SIGTERM handling closes the listening socket at once, so new
+clients get "connection refused" rather than an answer, and it cuts streams
+still running after `timeout_graceful_shutdown`. A load balancer handles a
+clear 503 better, and a stream should finish if it can, so the first SIGTERM
+here only starts draining:
+
+1. the admission controller refuses new generations (503 `engine_unavailable`
+   with `Retry-After`), and `/ready` answers 503 so the balancer stops
+   sending traffic; the listener stays open;
+2. admitted and queued generations run to their end, for at most
+   `drain_timeout` seconds;
+3. then uvicorn shuts down as usual (closes the listener and idle
+   connections, waits `grace` seconds for the rest, runs the lifespan
+   shutdown) and the process exits with status 0.
+
+A second SIGTERM, or SIGINT (Ctrl-C), skips the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from types import FrameType
+
+import uvicorn
+
+from gateway.admission import AdmissionController
+
+logger = logging.getLogger(__name__)
+
+
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server that drains `admission` on SIGTERM before it exits."""
+
+    def __init__(self, config: uvicorn.Config, admission: AdmissionController, drain_timeout: float) -> None:
+        super().__init__(config)
+        self.admission = admission
+        self.drain_timeout = drain_timeout
+        self._drain_task: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig != signal.SIGTERM or self._drain_task is not None or self.should_exit:
+            super().handle_exit(sig, frame)
+            return
+        # Python runs signal handlers in the main thread, where the server's loop runs.
+        loop = asyncio.get_running_loop()
+        self._drain_task = loop.create_task(self.drain())
+
+    async def drain(self) -> None:
+        """Stop admitting, wait for running generations (up to `drain_timeout`), then exit."""
+        self.admission.start_draining()
+        load = self.admission.load()
+        logger.info(
+            "SIGTERM: draining %d running and %d queued generations (up to %.0f s)",
+            load.running,
+            load.waiting,
+            self.drain_timeout,
+        )
+        try:
+            await asyncio.wait_for(self.admission.wait_idle(), self.drain_timeout)
+            logger.info("drained: shutting down")
+        except TimeoutError:
+            load = self.admission.load()
+            logger.warning("drain timeout: shutting down with %d generations still running", load.running)
+        self.should_exit = True

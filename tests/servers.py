@@ -1,0 +1,281 @@
+"""Real servers for tests, started as subprocesses on 127.0.0.1.
+
+redis-server, nginx and PostgreSQL come from Debian packages (.ci/system-deps.sh);
+the gateway runs as `python -m gateway.cli serve`, exactly as in production.
+Every server keeps its files in a temporary directory and is stopped by the
+test that started it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import httpx
+
+from tests.live import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+NGINX_CONF = REPO / "deploy" / "nginx" / "chatstream.conf"
+
+
+def _wait_for(
+    check: Callable[[], bool], what: str, process: subprocess.Popen[bytes], log: Path, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{_tail(log)}")
+        if check():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not start within {timeout:.0f} s:\n{_tail(log)}")
+
+
+def _tail(log: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+    if process is None or process.poll() is not None:
+        return None if process is None else process.returncode
+    process.send_signal(sig)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(10)
+
+
+class RedisServer:
+    """redis-server without persistence; `stop()` and `start()` again keep the port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.log = directory / "redis.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(command, cwd=self.directory, stdout=log, stderr=subprocess.STDOUT)
+        _wait_for(self._pings, "redis-server", self.process, self.log, 20)
+
+    def _pings(self) -> bool:
+        result = subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True, timeout=5)
+        return result.stdout.strip() == b"PONG"
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+def render_nginx_conf(prefix: Path, listen_port: int, upstream_ports: Sequence[int]) -> Path:
+    """The deploy/ nginx config, pointed at local ports, inside a minimal nginx.conf under `prefix`.
+
+    The deploy config names its replicas `gateway-N:8000` and listens on 80;
+    only those lines change, so the test runs the shipped directives.
+    """
+    site = NGINX_CONF.read_text()
+    servers = "\n".join(f"    server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;" for port in upstream_ports)
+    site, replaced = re.subn(r"(?m)^\s*server gateway-\d+:8000[^;]*;\n", "", site)
+    assert replaced >= 2, "deploy/nginx/chatstream.conf should list its replicas as gateway-N:8000"
+    site = site.replace("    # replicas\n", f"    # replicas\n{servers}\n", 1)
+    site, listens = re.subn(r"(?m)^(\s*)listen 80;", rf"\g<1>listen 127.0.0.1:{listen_port};", site)
+    assert listens == 1, "deploy/nginx/chatstream.conf should listen on port 80"
+    (prefix / "chatstream.conf").write_text(site)
+    user = "user root root;\n" if os.geteuid() == 0 else ""  # workers must read the (private) temp dirs
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        f"{user}worker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log info;\n"
+        "events { worker_connections 256; }\n"
+        "http {\n"
+        f"  access_log {prefix}/access.log;\n"
+        + "".join(
+            f"  {kind}_temp_path {prefix}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        + f"  include {prefix}/chatstream.conf;\n}}\n"
+    )
+    return conf
+
+
+class Nginx:
+    """Real nginx running the deploy/ config in front of local replicas."""
+
+    def __init__(self, directory: Path, upstream_ports: Sequence[int]) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.conf = render_nginx_conf(directory, self.port, upstream_ports)
+        self.log = directory / "error.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = ["nginx", "-c", str(self.conf), "-p", str(self.directory), "-e", str(self.log), "-g", "daemon off;"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for(lambda: _port_open(self.port), "nginx", self.process, self.log, 20)
+
+    def stop(self) -> None:
+        _stop(self.process, signal.SIGQUIT)  # graceful: finish what is in flight
+
+
+def nginx_test(conf: Path, prefix: Path) -> subprocess.CompletedProcess[str]:
+    """`nginx -t` on `conf`."""
+    command = ["nginx", "-t", "-c", str(conf), "-p", str(prefix), "-e", str(prefix / "error.log")]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30)
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster (trust auth on 127.0.0.1 only).
+
+    PostgreSQL refuses to run as root, so as root (CI) the cluster belongs to
+    the `postgres` user that the Debian package creates.
+    """
+
+    def __init__(self) -> None:
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not bins:
+            raise RuntimeError("PostgreSQL is not installed (bash .ci/system-deps.sh)")
+        self.bin = Path(bins[-1]).parent
+        self.run_as = "postgres" if os.geteuid() == 0 else None
+        # Outside pytest's private (0700, root-owned) temp dirs, so the postgres user can use it.
+        self.directory = Path(tempfile.mkdtemp(prefix="chatstream-pg-"))
+        self.data = self.directory / "data"
+        self.log = self.directory / "postgres.log"
+        self.port = free_port()
+        self.url = f"postgresql://chatstream@127.0.0.1:{self.port}/postgres"
+        self.process: subprocess.Popen[bytes] | None = None
+        if self.run_as is not None:
+            account = pwd.getpwnam(self.run_as)
+            os.chown(self.directory, account.pw_uid, account.pw_gid)
+
+    def start(self) -> None:
+        # Popen(user=...) switches user in the child itself: signals reach postgres directly.
+        if not self.data.exists():
+            initdb = [str(self.bin / "initdb"), "-D", str(self.data), "-U", "chatstream", "--auth=trust"]
+            subprocess.run(
+                initdb,
+                check=True,
+                capture_output=True,
+                timeout=120,
+                user=self.run_as,
+                group=self.run_as,
+                cwd=self.directory,
+            )
+        postgres = [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-h", "127.0.0.1", "-k", ""]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                postgres, stdout=log, stderr=subprocess.STDOUT, user=self.run_as, group=self.run_as, cwd=self.directory
+            )
+        _wait_for(lambda: _port_open(self.port), "postgres", self.process, self.log, 60)
+
+    def stop(self) -> None:
+        _stop(self.process, signal.SIGINT)  # "fast" shutdown
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class Gateway:
+    """`python -m gateway.cli serve` on a free port; `start()` returns once /ready answers 200."""
+
+    def __init__(self, directory: Path, model: Path, *flags: str) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.command = [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--model",
+            str(model),
+            "--port",
+            str(self.port),
+            "--max-model-len",
+            "1024",
+            "--no-secure-cookies",
+            *flags,
+        ]
+        self.log = directory / f"gateway-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process without waiting (start several, then `wait_ready` each)."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(self.command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self) -> None:
+        assert self.process is not None
+        _wait_for(self._ready, "the gateway", self.process, self.log, 300)
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self, timeout: float = 60) -> int | None:
+        """SIGTERM (a graceful drain), then the exit status."""
+        return _stop(self.process, signal.SIGTERM, timeout)
+
+    async def wait_exit(self, timeout: float) -> int:
+        assert self.process is not None
+        async with asyncio.timeout(timeout):
+            while self.process.poll() is None:
+                await asyncio.sleep(0.1)
+        return self.process.returncode
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one Prometheus sample in `text` (0 when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        sample, _, label_text = head.partition("{")
+        if sample != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', label_text))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(value)
+    return 0.0
+
+
+def sse_events(text: str) -> list[tuple[str, str]]:
+    """(event, data) pairs of an SSE body."""
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line and not line.startswith(":"))
+        if "event" in fields:
+            events.append((fields["event"], fields.get("data", "")))
+    return events

@@ -1,0 +1,80 @@
+"""SIGTERM drains: live streams finish, new requests get 503, the process exits 0 (gateway.drain)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import Gateway, sse_events
+
+pytestmark = pytest.mark.engine
+
+STREAMS = 20
+TOKENS = 600
+
+
+async def test_sigterm_lets_twenty_live_streams_finish_and_refuses_new_requests(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    gateway = Gateway(
+        tmp_path,
+        tiny_model_dir,
+        "--ignore-eos",
+        "--max-new-tokens",
+        str(TOKENS),
+        "--concurrency",
+        str(STREAMS),
+        "--drain-timeout",
+        "300",
+    )
+    await asyncio.to_thread(gateway.start)
+    started = [asyncio.Event() for _ in range(STREAMS)]
+
+    async def stream(i: int) -> list[tuple[str, str]]:
+        body = b""
+        # One client per stream: each is its own session.
+        async with httpx.AsyncClient(timeout=300) as client:
+            request = client.build_request("POST", f"{gateway.url}/chat_stream", json={"user_input": f"stream {i}"})
+            response = await client.send(request, stream=True)
+            assert response.status_code == 200
+            async for chunk in response.aiter_raw():
+                body += chunk
+                if b"event: delta" in body:
+                    started[i].set()
+        return sse_events(body.decode())
+
+    try:
+        async with asyncio.timeout(600):
+            tasks = [asyncio.create_task(stream(i)) for i in range(STREAMS)]
+            await asyncio.gather(*(event.wait() for event in started))
+            assert gateway.process is not None
+            gateway.process.send_signal(signal.SIGTERM)
+
+            async with httpx.AsyncClient(timeout=30) as client:
+                # The signal is handled asynchronously: wait until the gateway says it is draining.
+                while (ready := await client.get(f"{gateway.url}/ready")).status_code == 200:
+                    await asyncio.sleep(0.05)
+                refused = await client.post(f"{gateway.url}/chat_stream", json={"user_input": "too late"})
+                assert not all(task.done() for task in tasks), "the streams ended before the drain could be seen"
+            assert ready.status_code == 503 and ready.json()["status"] == "draining"
+            assert refused.status_code == 503
+            assert refused.json()["error"]["type"] == "engine_unavailable"
+            assert "retry-after" in refused.headers
+
+            results = await asyncio.gather(*tasks)
+            exit_status = await gateway.wait_exit(120)
+    finally:
+        gateway.stop()
+
+    for events in results:
+        kind, data = events[-1]
+        assert kind == "done"
+        done = json.loads(data)
+        assert done["state"] == "success"
+        assert done["usage"]["completion_tokens"] == TOKENS
+    assert exit_status == 0

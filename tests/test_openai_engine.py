@@ -1,0 +1,134 @@
+"""The official `openai` client, sync and async, against the gateway on the real engine."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from gateway import CompletionState
+from gateway.vllm_engine import VLLMEngine
+from tests.gateway_app import Gateway, metric, running_gateway, scrape
+
+pytestmark = pytest.mark.engine
+
+MESSAGES: list[ChatCompletionMessageParam] = [
+    {"role": "system", "content": "be brief"},
+    {"role": "user", "content": "hello there"},
+]
+TOKENS = 16
+
+
+@pytest.fixture
+async def gateway(real_engine: VLLMEngine) -> AsyncIterator[Gateway]:
+    async with running_gateway(real_engine, lifespan="off", max_new_tokens=960) as gw:
+        yield gw
+
+
+def prompt_tokens(engine: VLLMEngine) -> int:
+    return len(engine.tokenizer.encode(engine.tokenizer.render_chat(MESSAGES, add_generation_prompt=True)))
+
+
+def sync_chat(url: str, model: str, stream: bool) -> tuple[str, int, int]:
+    """One chat completion with the blocking client: (text, prompt_tokens, completion_tokens)."""
+    with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0) as api:
+        if not stream:
+            done = api.chat.completions.create(
+                model=model, messages=MESSAGES, max_tokens=TOKENS, extra_body={"ignore_eos": True}
+            )
+            assert done.usage is not None
+            return done.choices[0].message.content or "", done.usage.prompt_tokens, done.usage.completion_tokens
+        text, usage = "", None
+        for chunk in api.chat.completions.create(
+            model=model,
+            messages=MESSAGES,
+            max_tokens=TOKENS,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        ):
+            text += chunk.choices[0].delta.content or "" if chunk.choices else ""
+            usage = chunk.usage or usage
+        assert usage is not None
+        return text, usage.prompt_tokens, usage.completion_tokens
+
+
+async def async_chat(url: str, model: str, stream: bool) -> tuple[str, int, int]:
+    """The same request with the async client."""
+    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0) as api:
+        if not stream:
+            done = await api.chat.completions.create(
+                model=model, messages=MESSAGES, max_completion_tokens=TOKENS, extra_body={"ignore_eos": True}
+            )
+            assert done.usage is not None
+            return done.choices[0].message.content or "", done.usage.prompt_tokens, done.usage.completion_tokens
+        text, usage = "", None
+        async for chunk in await api.chat.completions.create(
+            model=model,
+            messages=MESSAGES,
+            max_completion_tokens=TOKENS,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        ):
+            text += chunk.choices[0].delta.content or "" if chunk.choices else ""
+            usage = chunk.usage or usage
+        assert usage is not None
+        return text, usage.prompt_tokens, usage.completion_tokens
+
+
+@pytest.mark.parametrize("stream", [pytest.param(True, id="stream"), pytest.param(False, id="non-stream")])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_the_official_client_gets_an_answer_whose_usage_counts_its_tokens(
+    gateway: Gateway, real_engine: VLLMEngine, kind: str, stream: bool
+) -> None:
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        before = metric(await scrape(client), "chatstream:generation_tokens_total")
+        async with asyncio.timeout(120):
+            if kind == "sync":  # the blocking client must not block the loop the server runs in
+                result = await asyncio.to_thread(sync_chat, gateway.url, real_engine.model_name, stream)
+            else:
+                result = await async_chat(gateway.url, real_engine.model_name, stream)
+        text, prompt, completion = result
+        assert text
+        assert (prompt, completion) == (prompt_tokens(real_engine), TOKENS)
+        assert await gateway.wait_states(1) == [CompletionState.SUCCESS]
+        after = metric(await scrape(client), "chatstream:generation_tokens_total")
+        assert after - before == TOKENS
+
+
+async def test_completions_encode_the_prompt_as_given(gateway: Gateway, real_engine: VLLMEngine) -> None:
+    async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0) as api:
+        async with asyncio.timeout(120):
+            done = await api.completions.create(
+                model=real_engine.model_name, prompt="the gateway", max_tokens=8, extra_body={"ignore_eos": True}
+            )
+    assert done.usage is not None
+    assert done.usage.prompt_tokens == len(real_engine.tokenizer.encode("the gateway"))
+    assert done.usage.completion_tokens == 8 and done.choices[0].finish_reason == "length"
+
+
+async def test_leaving_mid_stream_aborts_the_engine_request(gateway: Gateway, real_engine: VLLMEngine) -> None:
+    async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0) as api:
+        async with asyncio.timeout(120):
+            stream = await api.chat.completions.create(
+                model=real_engine.model_name,
+                messages=MESSAGES,
+                max_tokens=900,  # far more than can be produced before the client leaves
+                stream=True,
+                extra_body={"ignore_eos": True},
+            )
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    break
+            await stream.close()
+            assert await gateway.wait_states(1) == [CompletionState.CLIENT_DISCONNECTED_WHILE_STREAMING]
+    # The callback fires after the abort: by then the engine has let go of the request,
+    # long before 900 tokens could have been generated.
+    assert real_engine.num_unfinished() == 0
+    await asyncio.sleep(0.2)  # a second report would arrive by now
+    assert gateway.states == [CompletionState.CLIENT_DISCONNECTED_WHILE_STREAMING]
