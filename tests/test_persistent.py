@@ -73,7 +73,9 @@ def make_handler(db_url: str, users: Users) -> PersistentConversations:
 async def gateway(engine: VLLMEngine, db_url: str, users: Users) -> AsyncIterator[httpx.AsyncClient]:
     """One gateway process's worth of app over the database; leaving the block is a shutdown."""
     handler = make_handler(db_url, users)
-    chat = ChatStream(engine=engine, max_new_tokens=4, ignore_eos=True, conversations=handler)
+    # Greedy and 12 tokens: a few random tokens from the byte-level tiny model can all be
+    # partial UTF-8 (no text at all), and a turn with no text is rightly not recorded.
+    chat = ChatStream(engine=engine, max_new_tokens=12, temperature=0.0, ignore_eos=True, conversations=handler)
     app = create_app(Settings(secure_cookies=False), chat_stream=chat)
     try:
         async with serve(app, lifespan="off") as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
@@ -103,6 +105,7 @@ async def test_conversations_survive_a_gateway_restart(real_engine: VLLMEngine, 
             assert first.status_code == 200
             cid = first.headers["x-conversation-id"]
             second = await turn(client, users.alice, "second question", cid)
+            assert second.status_code == 200, second.text
             assert second.headers["x-conversation-id"] == cid
         async with gateway(real_engine, db_url, users) as client:
             listed = (await client.get("/conversations", headers=users.alice)).json()["conversations"]
