@@ -58,7 +58,8 @@ class ChatStreamBody(BaseModel):
 class GenerationParams(BaseModel):
     """Per-session sampling settings; unset fields keep the server's defaults."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: `true` is not a temperature, nor "0.5" (the schema fuzzer found both accepted)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)

@@ -73,6 +73,8 @@ class SessionContext:
         self._session = Session(data)
         self._error = error
         self.issued = False  # a new id was created and needs a cookie
+        # The id each lock owner locked: renew() changes `id`, the lock stays on the old one.
+        self._locked_ids: dict[str, str] = {}
 
     @property
     def id(self) -> str:
@@ -120,12 +122,15 @@ class SessionContext:
     async def try_lock(self, owner: str) -> bool:
         self.get_session()
         try:
-            return await self.store.try_lock(self.id, owner)
+            locked = await self.store.try_lock(self.id, owner)
+            if locked:
+                self._locked_ids[owner] = self.id
+            return locked
         except Exception as exc:
             raise SessionStoreUnavailable("the session store is unavailable", retry_after=5) from exc
 
     async def unlock(self, owner: str) -> None:
-        await self.store.unlock(self.id, owner)
+        await self.store.unlock(self._locked_ids.pop(owner, self.id), owner)
 
 
 class SessionMiddleware:
