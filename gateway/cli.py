@@ -69,10 +69,14 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=5,
         access_log=False,
     )
-    server = DrainingServer(config, app.state.chat_stream.admission, settings.drain_timeout)
+    chat = app.state.chat_stream
+    watched = chat.engine if settings.exit_on_engine_death else None
+    server = DrainingServer(config, chat.admission, settings.drain_timeout, engine=watched)
     server.run()
     if not server.started:
         sys.exit(3)  # uvicorn's exit status for a failed start-up
+    if server.engine_died:
+        sys.exit(1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,6 +16,12 @@ here only starts draining:
    shutdown) and the process exits with status 0.
 
 A second SIGTERM, or SIGINT (Ctrl-C), skips the wait.
+
+The engine dying is the other way the process ends: vLLM's engine cannot be
+restarted in place, so (unless `exit_on_engine_death` is off) the server
+stops and the CLI exits with status 1, for systemd, Kubernetes or any
+supervisor to start a fresh process. In-flight streams have already been
+told (an `error` event) by then.
 """
 
 from __future__ import annotations
@@ -28,18 +34,36 @@ from types import FrameType
 import uvicorn
 
 from gateway.admission import AdmissionController
+from gateway.engine import Engine
 
 logger = logging.getLogger(__name__)
 
 
 class DrainingServer(uvicorn.Server):
-    """A uvicorn server that drains `admission` on SIGTERM before it exits."""
+    """A uvicorn server that drains `admission` on SIGTERM, and stops if `engine` dies."""
 
-    def __init__(self, config: uvicorn.Config, admission: AdmissionController, drain_timeout: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        admission: AdmissionController,
+        drain_timeout: float,
+        engine: Engine | None = None,
+    ) -> None:
         super().__init__(config)
         self.admission = admission
         self.drain_timeout = drain_timeout
+        self.engine = engine
+        self.engine_died = False
         self._drain_task: asyncio.Task[None] | None = None
+
+    async def on_tick(self, counter: int) -> bool:
+        # uvicorn ticks every 0.1 s; look at the engine once a second.
+        if self.engine is not None and counter % 10 == 0 and self.started and not self.engine.is_healthy():
+            if not self.engine_died:
+                logger.error("the engine has died: stopping so a supervisor can restart the process")
+            self.engine_died = True
+            self.should_exit = True
+        return await super().on_tick(counter)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig != signal.SIGTERM or self._drain_task is not None or self.should_exit:

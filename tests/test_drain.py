@@ -1,4 +1,4 @@
-"""SIGTERM drains: live streams finish, new requests get 503, the process exits 0 (gateway.drain)."""
+"""How the process ends (gateway.drain): SIGTERM drains and exits 0; a dead engine exits 1."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from tests.servers import Gateway, sse_events
@@ -78,3 +79,22 @@ async def test_sigterm_lets_twenty_live_streams_finish_and_refuses_new_requests(
         assert done["state"] == "success"
         assert done["usage"]["completion_tokens"] == TOKENS
     assert exit_status == 0
+
+
+async def test_the_process_exits_1_when_its_engine_dies(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """vLLM's engine cannot restart in place: the process must exit non-zero for its supervisor."""
+    gateway = Gateway(tmp_path, tiny_model_dir)
+    await asyncio.to_thread(gateway.start)
+    assert gateway.process is not None
+    try:
+        cores = [p for p in psutil.Process(gateway.process.pid).children(recursive=True) if "EngineCore" in p.name()]
+        assert cores, "the gateway has no engine-core process"
+        for core in cores:
+            core.kill()
+        async with asyncio.timeout(60):
+            while gateway.process.poll() is None:
+                await asyncio.sleep(0.2)
+        assert gateway.process.returncode == 1
+        assert "the engine has died" in gateway.log.read_text()
+    finally:
+        gateway.stop()
