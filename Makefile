@@ -35,7 +35,7 @@ test: system-deps $(STAMP) $(MODEL)/config.json lint
 	CHATSTREAM_TEST_MODEL=$(MODEL) $(PY) -m pytest -q
 
 # The benchmark harness (README, section bench). `bench` is the quick smoke run CI also makes
-# through tests/test_bench_smoke.py; `bench-full` is the committed run (about 20 minutes here).
+# through tests/test_bench_smoke.py; `bench-full` is the committed run (about 10 minutes here).
 BENCH_STAMP := $(VENV)/.bench-installed
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml

