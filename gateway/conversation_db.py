@@ -28,6 +28,10 @@ class StoredConversation:
     prompt: str = ""  # encoded ChatPrompt (gateway.stores.encode_value)
     params: str = "{}"  # JSON object
 
+    def columns(self, user: str) -> tuple[str, str, str, int, float, float, str, str]:
+        """The values of (id, user_id, title, turns, created_at, updated_at, prompt, params)."""
+        return self.id, user, self.title, self.turns, self.created_at, self.updated_at, self.prompt, self.params
+
 
 class ConversationDB(Protocol):
     """A user's conversations, by id. Lock durations are in seconds."""
@@ -131,14 +135,7 @@ class SQLiteDB:
         await self._write(
             "INSERT INTO conversations (id, user_id, title, turns, created_at, updated_at, prompt, params,"
             " locked_by, lock_expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            row.id,
-            user,
-            row.title,
-            row.turns,
-            row.created_at,
-            row.updated_at,
-            row.prompt,
-            row.params,
+            *row.columns(user),
             owner,
             expires,
         )
@@ -149,14 +146,7 @@ class SQLiteDB:
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET title = excluded.title,"
             " turns = excluded.turns, updated_at = excluded.updated_at, prompt = excluded.prompt,"
             " params = excluded.params WHERE conversations.user_id = excluded.user_id",
-            row.id,
-            user,
-            row.title,
-            row.turns,
-            row.created_at,
-            row.updated_at,
-            row.prompt,
-            row.params,
+            *row.columns(user),
         )
 
     async def delete(self, user: str, cid: str) -> DeleteResult:
@@ -264,14 +254,7 @@ class PostgresDB:
             "INSERT INTO conversations (id, user_id, title, turns, created_at, updated_at, prompt, params,"
             f" locked_by, lock_expires) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
             f" CASE WHEN $9::text IS NULL THEN NULL ELSE {_PG_NOW} + $10 END)",
-            row.id,
-            user,
-            row.title,
-            row.turns,
-            row.created_at,
-            row.updated_at,
-            row.prompt,
-            row.params,
+            *row.columns(user),
             owner,
             ttl,
         )
@@ -282,14 +265,7 @@ class PostgresDB:
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO UPDATE SET title = excluded.title,"
             " turns = excluded.turns, updated_at = excluded.updated_at, prompt = excluded.prompt,"
             " params = excluded.params WHERE conversations.user_id = excluded.user_id",
-            row.id,
-            user,
-            row.title,
-            row.turns,
-            row.created_at,
-            row.updated_at,
-            row.prompt,
-            row.params,
+            *row.columns(user),
         )
 
     async def delete(self, user: str, cid: str) -> DeleteResult:
