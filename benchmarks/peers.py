@@ -149,6 +149,26 @@ def running(
         _stop(process)
 
 
+def _serve_flags(port: int, concurrency: int, queue_size: int, max_new_tokens: int) -> list[str]:
+    """The `serve` flags shared by every gateway the harness starts."""
+    return [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ignore-eos",
+        "--no-secure-cookies",
+        "--concurrency",
+        str(concurrency),
+        "--queue-size",
+        str(queue_size),
+        "--max-new-tokens",
+        str(max_new_tokens),
+        "--log-level",
+        "warning",
+    ]
+
+
 def gateway_command(
     model: str,
     port: int,
@@ -167,20 +187,7 @@ def gateway_command(
         "serve",
         "--model",
         model,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--ignore-eos",
-        "--no-secure-cookies",
-        "--concurrency",
-        str(concurrency),
-        "--queue-size",
-        str(queue_size),
-        "--max-new-tokens",
-        str(max_new_tokens),
-        "--log-level",
-        "warning",
+        *_serve_flags(port, concurrency, queue_size, max_new_tokens),
         "--enable-prefix-caching" if prefix_caching else "--no-enable-prefix-caching",
         *extra,
     ]
@@ -199,20 +206,7 @@ def null_gateway_command(
         sys.executable,
         "-m",
         "benchmarks.null_engine",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--ignore-eos",
-        "--no-secure-cookies",
-        "--concurrency",
-        str(concurrency),
-        "--queue-size",
-        str(queue_size),
-        "--max-new-tokens",
-        str(max_new_tokens),
-        "--log-level",
-        "warning",
+        *_serve_flags(port, concurrency, queue_size, max_new_tokens),
         "--token-delay",
         str(token_delay),
         *extra,
