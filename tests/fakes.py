@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Mapping, Sequence
 
-from gateway.engine import EngineDead, EngineOutput, EngineStats, SamplingOptions
+from gateway.engine import Engine, EngineDead, EngineOutput, EngineStats, SamplingOptions
+from prompts import Tokenizer
 
 
 class CharTokenizer:
@@ -95,3 +96,55 @@ class FakeEngine:
 
     def stats(self) -> EngineStats | None:
         return EngineStats(running=len(self.running), waiting=0, kv_cache_usage=None)
+
+
+class PacedEngine:
+    """A real engine whose outputs reach the gateway no faster than one per `interval` seconds.
+
+    The tiny test model streams hundreds of tokens a second per user while vLLM's
+    worker holds a core; a browser's renderer on the other core can then be starved
+    and read a whole answer at once. Real models stream at tens of tokens a second
+    per user: browser tests pace the real engine to that, so they see what users see.
+    """
+
+    def __init__(self, engine: Engine, interval: float) -> None:
+        self._engine = engine
+        self.interval = interval
+        self.model_name = engine.model_name
+
+    @property
+    def max_model_len(self) -> int:
+        return self._engine.max_model_len
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._engine.tokenizer
+
+    async def start(self) -> None:
+        await self._engine.start()
+
+    async def stop(self) -> None:
+        await self._engine.stop()
+
+    async def generate(
+        self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions
+    ) -> AsyncGenerator[EngineOutput, None]:
+        outputs = self._engine.generate(request_id, prompt_token_ids, options)
+        try:
+            async for output in outputs:
+                await asyncio.sleep(self.interval)
+                yield output
+        finally:
+            await outputs.aclose()
+
+    async def abort(self, request_id: str) -> None:
+        await self._engine.abort(request_id)
+
+    def is_healthy(self) -> bool:
+        return self._engine.is_healthy()
+
+    def num_unfinished(self) -> int:
+        return self._engine.num_unfinished()
+
+    def stats(self) -> EngineStats | None:
+        return self._engine.stats()

@@ -23,7 +23,7 @@ from gateway import ChatStream, CompletionState, Settings, create_app
 from gateway.engine import Engine
 from gateway.vllm_engine import VLLMEngine
 from tests.browser import DESKTOP, PHONE, launch_chromium
-from tests.fakes import FakeEngine
+from tests.fakes import FakeEngine, PacedEngine
 from tests.live import serve
 
 WAIT_MS = 120_000  # bound on every browser wait: the shared CPU is slow, never a timing assertion
@@ -67,7 +67,9 @@ async def browser() -> AsyncIterator[Browser]:
 @pytest.fixture
 async def real_gateway(real_engine: VLLMEngine) -> AsyncIterator[Gateway]:
     # The session's engine is shared by the whole run: this app must not start or stop it.
-    async with run_gateway(real_engine, lifespan="off", max_new_tokens=900, ignore_eos=True) as gw:
+    # Paced to a real model's streaming speed (see PacedEngine), so the page has time to draw.
+    paced = PacedEngine(real_engine, interval=0.015)
+    async with run_gateway(paced, lifespan="off", max_new_tokens=900, ignore_eos=True) as gw:
         yield gw
 
 
