@@ -68,6 +68,16 @@ class GenerationParams(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
 
 
+def _range_of(name: str) -> list[Any]:
+    """A GenerationParams field's [lowest, highest] value, read from its constraints (None: unbounded)."""
+    low: Any = None
+    high: Any = None
+    for constraint in GenerationParams.model_fields[name].metadata:
+        low = getattr(constraint, "ge", getattr(constraint, "gt", low))
+        high = getattr(constraint, "le", high)
+    return [low, high]
+
+
 def describe_validation_error(err: ValidationError) -> str:
     """A client-facing summary of what is wrong, without echoing the input."""
     parts = []
@@ -235,7 +245,7 @@ class ChatStream:
         return b"".join(chunks)
 
     def sampling_options(self, params: Mapping[str, Any], stop: tuple[str, ...]) -> SamplingOptions:
-        merged = {**self.default_params, **{k: v for k, v in params.items() if v is not None}}
+        merged = self._merged_params(params)
         return SamplingOptions(
             max_tokens=min(int(merged["max_new_tokens"]), self.max_new_tokens),
             temperature=float(merged["temperature"]),
@@ -300,15 +310,13 @@ class ChatStream:
         return JSONResponse(self._effective_params(conversation.params))
 
     def _effective_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        values = {**self.default_params, **{k: v for k, v in params.items() if v is not None}}
-        limits = {
-            "temperature": [0.0, 2.0],
-            "top_p": [0.0, 1.0],
-            "top_k": [0, 1000],
-            "max_new_tokens": [1, self.max_new_tokens],
-            "repetition_penalty": [0.0, 2.0],
-        }
-        return {"params": values, "limits": limits}
+        limits = {name: _range_of(name) for name in GenerationParams.model_fields}
+        limits["max_new_tokens"][1] = self.max_new_tokens  # the model has no upper bound: the server sets it
+        return {"params": self._merged_params(params), "limits": limits}
+
+    def _merged_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The server's defaults, overridden by the values the session has set."""
+        return {**self.default_params, **{k: v for k, v in params.items() if v is not None}}
 
     async def handle_get_load_request(self, request: Request | None = None) -> Response:
         """How busy the gateway is: generations in flight, waiting, and the capacity."""
