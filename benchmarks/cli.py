@@ -69,7 +69,7 @@ async def _load(args: argparse.Namespace) -> int:
     target: Target
     if args.target == "engine":
         from benchmarks.targets import EngineTarget
-        from gateway.vllm_engine import VLLMEngine
+        from gateway.core.vllm_engine import VLLMEngine
 
         if not args.model:
             raise SystemExit("--target engine needs --model DIR")

@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, Mapping, Sequence
 
-from gateway.engine import EngineOutput, EngineStats, SamplingOptions
+from gateway.core.engine import EngineOutput, EngineStats, SamplingOptions
 
 
 class ByteTokenizer:

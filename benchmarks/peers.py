@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import psutil  # type: ignore[import-untyped]
 
-from gateway.vllm_engine import CPU_DEFAULTS, CPU_KV_CACHE_GIB
+from gateway.core.vllm_engine import CPU_DEFAULTS, CPU_KV_CACHE_GIB
 
 HERE = Path(__file__).resolve().parent
 ORIGINAL_VENV = HERE / ".venv-chatstream"

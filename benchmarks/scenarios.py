@@ -89,7 +89,7 @@ class Suite:
 
     @asynccontextmanager
     async def _engine(self) -> AsyncIterator[EngineTarget]:
-        from gateway.vllm_engine import VLLMEngine
+        from gateway.core.vllm_engine import VLLMEngine
 
         self.ui.note("starting the in-process engine")
         engine = VLLMEngine(self.model, {"enable_prefix_caching": True})

@@ -16,7 +16,7 @@ from benchmarks.httpclient import Connection, HTTPError, sse_events
 from benchmarks.records import RequestRecord
 
 if TYPE_CHECKING:
-    from gateway.engine import Engine
+    from gateway.core.engine import Engine
 
 
 @dataclass
@@ -241,7 +241,7 @@ class EngineTarget:
         return User()
 
     async def chat(self, user: User, text: str, max_tokens: int) -> RequestRecord:
-        from gateway.engine import SamplingOptions
+        from gateway.core.engine import SamplingOptions
 
         user.messages.append({"role": "user", "content": text})
         tokenizer = self.engine.tokenizer

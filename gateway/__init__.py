@@ -1,29 +1,48 @@
-"""chatstream-gateway: streaming chat over vLLM, with sessions, admission and SSE."""
+"""chatstream-gateway: streaming chat over vLLM, with sessions, admission and SSE.
 
-from gateway.admission import AdmissionController, Load
+Everything a README example imports comes from here.
+"""
+
 from gateway.app import create_app
-from gateway.chat_stream import ChatStream, GenerationParams
-from gateway.completion import CompletionCallback, CompletionState
-from gateway.conversations import Conversation, ConversationHandler, SessionConversations
-from gateway.engine import Engine, EngineDead, EngineOutput, EngineStats, SamplingOptions
-from gateway.errors import GatewayError
-from gateway.metrics import Metrics
-from gateway.persistent import ConversationIdHeader, PersistentConversations
-from gateway.sessions import Session, SessionContext, SessionMiddleware
-from gateway.settings import Settings
-from gateway.stores import MemoryStore, SessionStore
-from gateway.users import UserKeys
+from gateway.chat import ChatStream, ChatStreamOptions, GenerationParams
+from gateway.conversations import (
+    Conversation,
+    ConversationHandler,
+    ConversationIdHeader,
+    PersistentConversations,
+    SessionConversations,
+)
+from gateway.core import (
+    AdmissionController,
+    CompletionCallback,
+    CompletionState,
+    Core,
+    Engine,
+    EngineDead,
+    EngineOutput,
+    EngineStats,
+    GatewayError,
+    Load,
+    Metrics,
+    SamplingOptions,
+)
+from gateway.http.auth import UserKeys
+from gateway.sessions import MemoryStore, RedisStore, Session, SessionContext, SessionMiddleware, SessionStore
+from gateway.settings import Config, Settings
 from prompts import ChatPrompt
 
 __all__ = [
     "AdmissionController",
     "ChatPrompt",
     "ChatStream",
+    "ChatStreamOptions",
     "CompletionCallback",
     "CompletionState",
+    "Config",
     "Conversation",
     "ConversationHandler",
     "ConversationIdHeader",
+    "Core",
     "Engine",
     "EngineDead",
     "EngineOutput",
@@ -34,6 +53,7 @@ __all__ = [
     "MemoryStore",
     "Metrics",
     "PersistentConversations",
+    "RedisStore",
     "SamplingOptions",
     "Session",
     "SessionContext",

@@ -26,7 +26,13 @@ def _flag_kind(annotation: Any) -> str:
 
 
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per Settings field; each also reads CHATSTREAM_<NAME> from the environment."""
+    """One flag per Settings field; each also reads CHATSTREAM_<NAME> from the environment.
+
+    Not pydantic-settings' own CLI source: it splits list values at commas and
+    strips brackets (a session secret or API key with a comma would become two,
+    and `--engine-arg 'k={"a":1,"b":2}'` would break), and its help cannot name
+    each flag's environment variable.
+    """
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         env = f"CHATSTREAM_{name.upper()}"
@@ -69,9 +75,9 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=5,
         access_log=False,
     )
-    chat = app.state.chat_stream
-    watched = chat.engine if settings.exit_on_engine_death else None
-    server = DrainingServer(config, chat.admission, settings.drain_timeout, engine=watched)
+    core = app.state.core
+    watched = core.engine if settings.exit_on_engine_death else None
+    server = DrainingServer(config, core.admission, settings.drain_timeout, engine=watched)
     server.run()
     if not server.started:
         sys.exit(3)  # uvicorn's exit status for a failed start-up

@@ -33,8 +33,8 @@ from types import FrameType
 
 import uvicorn
 
-from gateway.admission import AdmissionController
-from gateway.engine import Engine
+from gateway.core.admission import AdmissionController
+from gateway.core.engine import Engine
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,13 @@
-"""Settings: one frozen object built at start-up from CLI flags and environment.
+"""The gateway's configuration: one frozen object, built once and passed in.
 
-Every field is a `serve` flag (`--queue-size`) and an environment variable
-(`CHATSTREAM_QUEUE_SIZE`); flags win over the environment.
+`Config` holds every knob of one gateway (engine, admission, generation
+defaults, limits, sessions, access), as uvicorn's `Config` does for a server;
+the core, both APIs and the app read their parts of it. `Settings` is the
+same object read from the command line and the environment: every field is a
+`serve` flag (`--queue-size`) and an environment variable
+(`CHATSTREAM_QUEUE_SIZE`); flags win over the environment. A library user
+builds a plain `Config` (or passes keywords to `ChatStream`), which reads no
+environment at all.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,10 +26,10 @@ def default_tiny_model_dir() -> Path:
     return Path(cache) / "chatstream-gateway" / "tiny-model"
 
 
-class Settings(BaseSettings):
-    """How one gateway process runs."""
+class Config(BaseModel):
+    """How one gateway runs. Every field has a default; see `chatstream-gateway serve --help`."""
 
-    model_config = SettingsConfigDict(env_prefix="CHATSTREAM_", frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     # --- the model and engine
     model: str | None = Field(None, description="model directory or Hugging Face id (default: the built-in tiny model)")
@@ -136,3 +142,9 @@ class Settings(BaseSettings):
         if self.api_key_file is not None:
             keys += [line.strip() for line in self.api_key_file.read_text().splitlines() if line.strip()]
         return keys
+
+
+class Settings(Config, BaseSettings):
+    """A `Config` read from `CHATSTREAM_*` environment variables (and, through the CLI, flags)."""
+
+    model_config = SettingsConfigDict(env_prefix="CHATSTREAM_", frozen=True, extra="forbid")

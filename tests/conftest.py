@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.vllm_engine import VLLMEngine
+from gateway.core.vllm_engine import VLLMEngine
 from tests.fakes import FakeEngine
 
 

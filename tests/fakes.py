@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Mapping, Sequence
 
-from gateway.engine import Engine, EngineDead, EngineOutput, EngineStats, SamplingOptions
+from gateway.core.engine import Engine, EngineDead, EngineOutput, EngineStats, SamplingOptions
 from prompts import Tokenizer
 
 

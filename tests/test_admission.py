@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway.admission import AdmissionController, Load, Ticket
-from gateway.errors import EngineUnavailable, Overloaded, QueueTimeout
+from gateway.core.admission import AdmissionController, Load, Ticket
+from gateway.core.errors import EngineUnavailable, Overloaded, QueueTimeout
 
 
 @dataclass

@@ -262,7 +262,7 @@ async def test_disconnect_after_the_first_delta_aborts_the_engine_request() -> N
         # The conversation keeps the part of the answer that was sent, nothing more.
         partial = ended[0].messages[-1]["content"]
         assert ended[0].messages[0] == {"role": "user", "content": "go on"}
-        assert partial and engine.answer.startswith(partial) and len(partial) < gw.chat.max_new_tokens
+        assert partial and engine.answer.startswith(partial) and len(partial) < gw.chat.config.max_new_tokens
         assert await messages_of(client) == ended[0].messages
 
 
@@ -608,7 +608,7 @@ async def test_a_raising_callback_never_breaks_the_stream(
 
     chat = ChatStream(engine=engine)
     app = create_app(Settings(session_secret=[SECRET], secure_cookies=False), chat_stream=chat, callback=counting)
-    with caplog.at_level(logging.ERROR, logger="gateway.completion"):
+    with caplog.at_level(logging.ERROR, logger="gateway.core.completion"):
         async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
             for turn in ("one", "two"):
                 response, events = await chat_turn(client, turn)

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from gateway import CompletionState
-from gateway.vllm_engine import VLLMEngine
+from gateway.core.vllm_engine import VLLMEngine
 from tests.fakes import FakeEngine
 from tests.gateway_app import Gateway, chunks, running_gateway
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from gateway.stores import MemoryStore, decode_value, encode_value
+from gateway.sessions.codec import decode_value, encode_value
+from gateway.sessions.stores import MemoryStore
 from prompts import ChatPrompt
 
 

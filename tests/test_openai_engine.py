@@ -11,7 +11,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from gateway import CompletionState
-from gateway.vllm_engine import VLLMEngine
+from gateway.core.vllm_engine import VLLMEngine
 from tests.gateway_app import Gateway, metric, running_gateway, scrape
 
 pytestmark = pytest.mark.engine

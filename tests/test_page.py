@@ -20,8 +20,8 @@ from playwright.async_api import Browser, BrowserContext, Page, ViewportSize
 from starlette.requests import Request
 
 from gateway import ChatStream, CompletionState, Settings, create_app
-from gateway.engine import Engine
-from gateway.vllm_engine import VLLMEngine
+from gateway.core.engine import Engine
+from gateway.core.vllm_engine import VLLMEngine
 from tests.browser import DESKTOP, PHONE, launch_chromium
 from tests.fakes import FakeEngine, PacedEngine
 from tests.live import serve

@@ -1,4 +1,4 @@
-"""The persistent conversation handler on SQLite and a real PostgreSQL server (gateway.persistent)."""
+"""The persistent conversation handler on SQLite and a real PostgreSQL server (gateway.conversations.persistent)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import pytest
 from starlette.requests import Request
 
 from gateway import ChatStream, Settings, create_app
-from gateway.conversation_db import open_db
-from gateway.errors import SessionBusy
-from gateway.persistent import PersistentConversations
-from gateway.users import UserKeys
-from gateway.vllm_engine import VLLMEngine
+from gateway.conversations.db import open_db
+from gateway.conversations.persistent import PersistentConversations
+from gateway.core.errors import SessionBusy
+from gateway.core.vllm_engine import VLLMEngine
+from gateway.http.auth import UserKeys
 from prompts import ChatPrompt
 from tests.live import serve
 from tests.servers import Postgres, sse_events

@@ -1,4 +1,4 @@
-"""RedisStore against a real redis-server (gateway.redis_store)."""
+"""RedisStore against a real redis-server (gateway.sessions.redis_store)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.exceptions
 
-from gateway.redis_store import RedisStore
+from gateway.sessions.redis_store import RedisStore
 from prompts import ChatPrompt
 from tests.servers import RedisServer
 

@@ -15,12 +15,12 @@ from fastapi import FastAPI
 from starlette.requests import Request
 
 from gateway.app import create_app
-from gateway.chat_stream import ChatStream
-from gateway.completion import CompletionState
-from gateway.engine import Engine
+from gateway.chat.chat_stream import ChatStream
+from gateway.core.completion import CompletionState
+from gateway.core.engine import Engine
 from gateway.sessions import SessionMiddleware
+from gateway.sessions.stores import MemoryStore
 from gateway.settings import Settings
-from gateway.stores import MemoryStore
 from tests.fakes import FakeEngine
 from tests.live import serve
 

@@ -19,8 +19,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from gateway.completion import CompletionState
-from gateway.engine import EngineOutput, SamplingOptions
+from gateway.core.completion import CompletionState
+from gateway.core.engine import EngineOutput, SamplingOptions
 from tests.fakes import FakeEngine
 from tests.reliability.conftest import Gateway, make_settings, rounds, running_gateway
 

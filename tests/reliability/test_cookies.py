@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.sessions import SessionContext, SessionMiddleware
-from gateway.stores import MemoryStore
+from gateway.sessions.stores import MemoryStore
 from tests.fakes import FakeEngine
 from tests.reliability.conftest import SECRET, Gateway, raw_request, running_gateway
 

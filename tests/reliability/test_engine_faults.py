@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from gateway.chat_stream import ChatStream
-from gateway.completion import CompletionState
+from gateway.chat.chat_stream import ChatStream
+from gateway.core.completion import CompletionState
+from gateway.core.vllm_engine import VLLMEngine
 from gateway.tiny_model import VOCAB_SIZE
-from gateway.vllm_engine import VLLMEngine
 from prompts import ChatPrompt, RenderedPrompt
 from tests.fakes import FakeEngine
 from tests.live import serve

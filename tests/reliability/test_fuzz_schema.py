@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway.vllm_engine import VLLMEngine
+from gateway.core.vllm_engine import VLLMEngine
 from tests.reliability.conftest import make_settings, rounds, running_gateway
 
 pytestmark = pytest.mark.engine

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.stores import decode_value, encode_value
-from gateway.vllm_engine import VLLMEngine
+from gateway.core.vllm_engine import VLLMEngine
+from gateway.sessions.codec import decode_value, encode_value
 from prompts import ChatPrompt, TurnTooLong
 from tests.fakes import FakeEngine
 from tests.reliability.conftest import make_settings, rounds, running_gateway

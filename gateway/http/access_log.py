@@ -18,22 +18,11 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.core.request_log import LOGGED_STATE, REQUEST_ID_STATE
+
 logger = logging.getLogger(__name__)
 
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
-REQUEST_ID_STATE = "request_id"
-LOGGED_STATE = "access_logged"
-
-
-def request_id_of(scope: Scope) -> str | None:
-    """The request id the access middleware gave this request, if it runs."""
-    state = scope.get("state")
-    return None if state is None else state.get(REQUEST_ID_STATE)
-
-
-def mark_logged(scope: Scope) -> None:
-    """Tell the access middleware that this request's log line is already written."""
-    scope.setdefault("state", {})[LOGGED_STATE] = True
 
 
 class AccessLogMiddleware:

@@ -9,14 +9,10 @@ lock hold across several gateway replicas.
 from __future__ import annotations
 
 import collections
-import json
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-
-from prompts import ChatPrompt
 
 
 class SessionStore(Protocol):
@@ -121,29 +117,3 @@ class MemoryStore:
 
     async def close(self) -> None:
         self._entries.clear()
-
-
-# --- encoding for stores that keep bytes ---------------------------------------------
-
-_PROMPT_TAG = "__chat_prompt__"
-
-
-def encode_value(value: Any) -> str:
-    """JSON for one session value; ChatPrompt objects (and subclasses) round-trip."""
-    if isinstance(value, ChatPrompt):
-        cls = type(value)
-        return json.dumps({_PROMPT_TAG: f"{cls.__module__}:{cls.__qualname__}", "data": value.to_dict()})
-    return json.dumps(value)
-
-
-def decode_value(raw: str | bytes) -> Any:
-    value = json.loads(raw)
-    if isinstance(value, dict) and _PROMPT_TAG in value:
-        module, _, name = str(value[_PROMPT_TAG]).partition(":")
-        # Only classes already imported, and only ChatPrompt classes, whatever the
-        # stored name says: stored data never decides what code is loaded.
-        cls = getattr(sys.modules.get(module), name, None)
-        if not (isinstance(cls, type) and issubclass(cls, ChatPrompt)):
-            cls = ChatPrompt
-        return cls.from_dict(value["data"])
-    return value

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from gateway.stores import decode_value, encode_value
+from gateway.sessions.codec import decode_value, encode_value
 
 logger = logging.getLogger(__name__)
 

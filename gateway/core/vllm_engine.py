@@ -12,8 +12,8 @@ import os
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
-from gateway.engine import EngineDead, EngineOutput, EngineStats, FinishReason, SamplingOptions
-from gateway.errors import BadChatRequest
+from gateway.core.engine import EngineDead, EngineOutput, EngineStats, FinishReason, SamplingOptions
+from gateway.core.errors import BadChatRequest
 from prompts import Tokenizer
 
 logger = logging.getLogger(__name__)

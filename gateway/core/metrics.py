@@ -11,8 +11,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from gateway.admission import Load
-from gateway.engine import EngineStats
+from gateway.core.admission import Load
+from gateway.core.engine import EngineStats
 
 _LATENCY_BUCKETS = (
     0.005,

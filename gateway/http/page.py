@@ -15,7 +15,7 @@ from starlette.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.settings import Settings
+from gateway.settings import Config
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -62,18 +62,18 @@ def add_page(app: FastAPI) -> None:
     app.mount("/static", _WithPageHeaders(StaticFiles(directory=STATIC_DIR)), name="static")
 
 
-def add_cors(app: FastAPI, settings: Settings) -> None:
-    """Let the browsers of `settings.cors_origin` call the API; off when the list is empty.
+def add_cors(app: FastAPI, config: Config) -> None:
+    """Let the browsers of `config.cors_origin` call the API; off when the list is empty.
 
     Credentials are never allowed cross-origin: another front end cannot ride
     on a user's session cookie, so each of its requests is its own session
     unless it sends its own bearer key.
     """
-    if not settings.cors_origin:
+    if not config.cors_origin:
         return
     app.add_middleware(
         CORSMiddleware,
-        allow_origins=settings.cors_origin,
+        allow_origins=config.cors_origin,
         allow_credentials=False,
         allow_methods=["GET", "POST"],
         allow_headers=["Authorization", "Content-Type"],

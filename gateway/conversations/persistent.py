@@ -1,7 +1,7 @@
 """PersistentConversations: each user's conversations in a database.
 
 A `ConversationHandler` for ChatStream (`ChatStream(conversations=...)`):
-requests authenticate with a bearer API key (`gateway.users`), and name the
+requests authenticate with a bearer API key (`gateway.http.auth`), and name the
 conversation they continue with the `X-Conversation-Id` header. Without the
 header a new conversation is started; its id comes back in the
 `X-Conversation-Id` response header (add `ConversationIdHeader` to the app).
@@ -30,12 +30,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.conversation_db import ConversationDB, StoredConversation, open_db
-from gateway.conversations import Conversation
-from gateway.errors import GatewayError, NotFound, SessionBusy, SessionStoreUnavailable, error_response
-from gateway.settings import Settings
-from gateway.stores import decode_value, encode_value
-from gateway.users import UserKeys
+from gateway.conversations.db import ConversationDB, StoredConversation, open_db
+from gateway.conversations.model import Conversation
+from gateway.core.errors import GatewayError, NotFound, SessionBusy, SessionStoreUnavailable, error_response
+from gateway.http.auth import UserKeys
+from gateway.sessions.codec import decode_value, encode_value
 from prompts import ChatPrompt
 
 logger = logging.getLogger(__name__)
@@ -245,10 +244,3 @@ class ConversationIdHeader:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
-
-
-def make_persistent_conversations(settings: Settings, new_prompt: Callable[[], ChatPrompt]) -> PersistentConversations:
-    """The handler `--conversation-db` and `--users-file` describe."""
-    if settings.conversation_db is None or settings.users_file is None:
-        raise ValueError("--conversation-db needs --users-file (lines of 'API_KEY USER_ID')")
-    return PersistentConversations(UserKeys.from_file(settings.users_file), settings.conversation_db, new_prompt)

@@ -19,8 +19,8 @@ from itsdangerous import BadSignature, TimestampSigner
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import SessionStoreUnavailable
-from gateway.stores import MemoryStore, SessionStore
+from gateway.core.errors import SessionStoreUnavailable
+from gateway.sessions.stores import MemoryStore, SessionStore
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Session(dict[str, Any]):
 
 
 class SessionContext:
-    """What a request sees as `request.state.session`."""
+    """What a request sees as `request.state.session` (its data is also `scope["session"]`)."""
 
     def __init__(
         self, store: SessionStore, session_id: str | None, data: dict[str, Any] | None, error: Exception | None
@@ -73,8 +73,6 @@ class SessionContext:
         self._session = Session(data)
         self._error = error
         self.issued = False  # a new id was created and needs a cookie
-        # The id each lock owner locked: renew() changes `id`, the lock stays on the old one.
-        self._locked_ids: dict[str, str] = {}
 
     @property
     def id(self) -> str:
@@ -88,6 +86,11 @@ class SessionContext:
         """The session data (a dict). Raises SessionStoreUnavailable if the store could not be read."""
         if self._error is not None:
             raise SessionStoreUnavailable("the session store is unavailable", retry_after=5) from self._error
+        return self._session
+
+    @property
+    def data(self) -> Session:
+        """The session data without the store check (empty, and never saved, if the store failed)."""
         return self._session
 
     @property
@@ -111,26 +114,13 @@ class SessionContext:
     async def renew(self) -> None:
         """Move the data to a fresh id and forget the old one (after a clear, or a login)."""
         old = self._id
-        data = dict(self._session)
-        self._id, self._session = None, Session()
-        for key, value in data.items():
-            self._session[key] = value
+        self._id = None
+        # Every key is saved again under the new id; the dict stays the one in `scope["session"]`.
+        self._session.changed.update(self._session.keys())
+        self._session.removed.clear()
         _ = self.id
         if old is not None:
             await self.store.delete(old)
-
-    async def try_lock(self, owner: str) -> bool:
-        self.get_session()
-        try:
-            locked = await self.store.try_lock(self.id, owner)
-            if locked:
-                self._locked_ids[owner] = self.id
-            return locked
-        except Exception as exc:
-            raise SessionStoreUnavailable("the session store is unavailable", retry_after=5) from exc
-
-    async def unlock(self, owner: str) -> None:
-        await self.store.unlock(self._locked_ids.pop(owner, self.id), owner)
 
 
 class SessionMiddleware:
@@ -178,6 +168,8 @@ class SessionMiddleware:
             return
         context = await self._open(scope)
         scope.setdefault("state", {})["session"] = context
+        # As Starlette's SessionMiddleware does, so `request.session` works for code mounted beside the gateway.
+        scope["session"] = context.data
 
         async def send_with_cookie(message: Message) -> None:
             if message["type"] == "http.response.start" and context.has_changes:

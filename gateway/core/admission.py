@@ -14,7 +14,7 @@ import collections
 import time
 from dataclasses import dataclass
 
-from gateway.errors import EngineUnavailable, Overloaded, QueueTimeout
+from gateway.core.errors import EngineUnavailable, Overloaded, QueueTimeout
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,9 @@
 """The OpenAI-compatible routes: `/v1/chat/completions`, `/v1/completions`, `/v1/models`.
 
-They run their generations through the same `GenerationRunner` as
-`/chat_stream` (same engine, admission, metrics and completion callback) and
-differ only in how a generation is spelled (`OpenAIFormat`). They are
-stateless: no session is read and nothing is recorded when a generation ends.
+They run their generations on the shared `Core` (same engine, admission,
+metrics and completion callback as `/chat_stream`) and differ only in how a
+generation is spelled (`OpenAIFormat`). They are stateless: no session is
+read and nothing is recorded when a generation ends.
 """
 
 from __future__ import annotations
@@ -22,21 +22,11 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.chat_stream import ChatStream
-from gateway.completion import CompletionCallback
-from gateway.engine import SamplingOptions
-from gateway.errors import (
-    BadChatRequest,
-    BodyTooLarge,
-    EngineUnavailable,
-    GatewayError,
-    InvalidBody,
-    ModelNotFound,
-    error_response,
-)
-from gateway.openai_format import OpenAIFormat, openai_error_response
-from gateway.openai_schema import ChatCompletionRequest, CompletionRequest, OpenAIErrorBody, SamplingFields
-from gateway.streaming import Generation
+from gateway.core import CompletionCallback, Core, GenerationRequest, Outcome, SamplingOptions
+from gateway.core.errors import BadChatRequest, EngineUnavailable, GatewayError, ModelNotFound
+from gateway.http.limits import read_body
+from gateway.openai.format import OpenAIFormat, openai_error_response
+from gateway.openai.schema import ChatCompletionRequest, CompletionRequest, OpenAIErrorBody, SamplingFields
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +37,7 @@ COMPLETIONS_ROUTE = "v1/completions"
 _UNION_TAG = re.compile(r"str|int|float|bool|none|[a-z]+\[.*\]|[A-Z]\w*")
 
 
-async def _record_nothing(gen: Generation) -> None:
+async def _record_nothing(outcome: Outcome) -> None:
     """The OpenAI routes are stateless: there is no conversation to update."""
 
 
@@ -56,33 +46,32 @@ class _GenerationResponse(Response):
 
     def __init__(
         self,
-        chat: ChatStream,
+        core: Core,
         request: Request,
-        gen: Generation,
+        gen: GenerationRequest,
         fmt: OpenAIFormat,
         callback: CompletionCallback | None,
     ) -> None:
         super().__init__()
-        self.chat, self.request, self.gen, self.fmt, self.callback = chat, request, gen, fmt, callback
+        self.core, self.request, self.gen, self.fmt, self.callback = core, request, gen, fmt, callback
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.chat.runner.run(self.request, send, self.gen, self.fmt, _record_nothing, self.callback)
+        await self.core.run(self.request, send, self.gen, self.fmt, _record_nothing, self.callback)
 
 
 class OpenAIRoutes:
-    """Turns OpenAI request bodies into generations on `chat`'s engine and runner."""
+    """Turns OpenAI request bodies into generations on the core."""
 
-    def __init__(self, chat: ChatStream, served_model_name: str | None, callback: CompletionCallback | None) -> None:
-        self.chat = chat
-        self._served_model_name = served_model_name
+    def __init__(self, core: Core, callback: CompletionCallback | None) -> None:
+        self.core = core
         self.callback = callback
 
     @property
     def model_name(self) -> str:
-        return self._served_model_name or self.chat.engine.model_name
+        return self.core.config.served_model_name or self.core.engine.model_name
 
     def refuse(self, route: str, error: GatewayError) -> JSONResponse:
-        self.chat.metrics.rejections.labels(route, error.type).inc()
+        self.core.count_refusal(route, error)
         return openai_error_response(error)
 
     def options(self, body: SamplingFields) -> SamplingOptions:
@@ -90,34 +79,32 @@ class OpenAIRoutes:
             raise ModelNotFound(f"the model {body.model!r} does not exist; this server serves {self.model_name!r}")
         if body.stream_options is not None and not body.stream:
             raise BadChatRequest("stream_options is only allowed when stream is true", param="stream_options")
+        config = self.core.config
         limit_param = body.token_limit_param
-        max_tokens = body.token_limit or self.chat.max_new_tokens
-        if max_tokens > self.chat.max_new_tokens:
-            raise BadChatRequest(f"{limit_param} must be at most {self.chat.max_new_tokens}", param=limit_param)
+        max_tokens = body.token_limit or config.max_new_tokens
+        if max_tokens > config.max_new_tokens:
+            raise BadChatRequest(f"{limit_param} must be at most {config.max_new_tokens}", param=limit_param)
         if body.min_tokens > max_tokens:
             raise BadChatRequest(f"min_tokens must not exceed {limit_param} ({max_tokens})", param="min_tokens")
-        defaults = self.chat.default_params
-
-        def pick(value: float | None, name: str) -> Any:
-            return defaults[name] if value is None else value
-
+        # Unset sampling fields take the server's defaults.
+        penalty = config.repetition_penalty if body.repetition_penalty is None else body.repetition_penalty
         return SamplingOptions(
             max_tokens=max_tokens,
-            temperature=float(pick(body.temperature, "temperature")),
-            top_p=float(pick(body.top_p, "top_p")),
-            top_k=max(0, int(pick(body.top_k, "top_k"))),  # vLLM spells "no cut" as -1 or 0
+            temperature=config.temperature if body.temperature is None else body.temperature,
+            top_p=config.top_p if body.top_p is None else body.top_p,
+            top_k=max(0, config.top_k if body.top_k is None else body.top_k),  # vLLM spells "no cut" as -1 or 0
             min_tokens=body.min_tokens,
-            repetition_penalty=float(pick(body.repetition_penalty, "repetition_penalty")),
+            repetition_penalty=penalty,
             stop=body.stops,
             seed=body.seed,
-            ignore_eos=body.ignore_eos or self.chat.ignore_eos,
+            ignore_eos=body.ignore_eos or config.ignore_eos,
         )
 
     def generation(
         self, request: Request, route: str, body: SamplingFields, render: Callable[[], str], param: str
     ) -> Response:
         """The response that runs the prompt `render()` gives, or an OpenAI-shaped refusal."""
-        engine = self.chat.engine
+        engine = self.core.engine
         try:
             options = self.options(body)
             if not engine.is_healthy():  # the tokenizer goes with the engine
@@ -133,14 +120,14 @@ class OpenAIRoutes:
         except GatewayError as err:
             return self.refuse(route, err)
         chat = route == CHAT_ROUTE
-        gen = Generation(
+        gen = GenerationRequest(
             request_id=f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
             route=route,
             prompt_token_ids=ids,
             options=options,
         )
         fmt = OpenAIFormat(gen, self.model_name, chat=chat, streaming=body.stream, include_usage=body.include_usage)
-        return _GenerationResponse(self.chat, request, gen, fmt, self.callback)
+        return _GenerationResponse(self.core, request, gen, fmt, self.callback)
 
 
 def _describe(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -158,12 +145,8 @@ def _describe(exc: RequestValidationError) -> tuple[str, str | None]:
     return "; ".join(parts), param
 
 
-class _BodyOverLimit(HTTPException):
-    """Raised from `receive` once a body passes the limit (FastAPI lets HTTPExceptions through)."""
-
-
 def _limited_route(limit: int, refuse: Callable[[str, GatewayError], Response]) -> type[APIRoute]:
-    """A route class that refuses bodies over `limit` bytes (413) before they are buffered whole."""
+    """A route class that bounds the body (`read_body`) and spells every body error in OpenAI's shape."""
 
     class LimitedRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -171,24 +154,15 @@ def _limited_route(limit: int, refuse: Callable[[str, GatewayError], Response]) 
 
             async def limited(request: Request) -> Response:
                 route = request.url.path.lstrip("/")
-                too_large = BodyTooLarge(f"the body is larger than {limit} bytes")
-                declared = request.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > limit:
-                    return refuse(route, too_large)
-                seen = 0
-
-                async def receive() -> Message:
-                    nonlocal seen
-                    message = await request.receive()
-                    seen += len(message.get("body", b""))
-                    if seen > limit:
-                        raise _BodyOverLimit(413)
-                    return message
-
                 try:
-                    return await handler(Request(request.scope, receive))
-                except _BodyOverLimit:
-                    return refuse(route, too_large)
+                    body = await read_body(request, limit)
+                except GatewayError as err:
+                    return refuse(route, err)
+                try:
+                    return await handler(Request(request.scope, _replay(body, request.receive)))
+                except RequestValidationError as exc:
+                    message, param = _describe(exc)
+                    return refuse(route, BadChatRequest(message, param=param))
                 except HTTPException as exc:
                     # FastAPI's own 400 for a body it cannot even decode (not UTF-8):
                     # spelled in OpenAI's error shape like every other /v1 refusal.
@@ -199,6 +173,16 @@ def _limited_route(limit: int, refuse: Callable[[str, GatewayError], Response]) 
             return limited
 
     return LimitedRoute
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the body already read, then the connection's own messages (disconnects)."""
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -214,21 +198,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def add_openai_routes(
-    app: FastAPI, chat: ChatStream, served_model_name: str | None, callback: CompletionCallback | None
-) -> OpenAIRoutes:
-    """Mount the OpenAI routes on `app`, and spell body errors under /v1 in OpenAI's shape."""
-    routes = OpenAIRoutes(chat, served_model_name, callback)
-    router = APIRouter(route_class=_limited_route(chat.max_body_bytes, routes.refuse), responses=_ERRORS)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
-        message, param = _describe(exc)
-        route = request.url.path.lstrip("/")
-        if not route.startswith("v1/"):
-            chat.metrics.rejections.labels(route, InvalidBody.type).inc()
-            return error_response(InvalidBody(message))
-        return routes.refuse(route, BadChatRequest(message, param=param))
+def add_openai_routes(app: FastAPI, core: Core, callback: CompletionCallback | None) -> OpenAIRoutes:
+    """Mount the OpenAI routes on `app`, every refusal spelled in OpenAI's error shape."""
+    routes = OpenAIRoutes(core, callback)
+    router = APIRouter(route_class=_limited_route(core.config.max_body_bytes, routes.refuse), responses=_ERRORS)
 
     @router.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
@@ -236,7 +209,7 @@ def add_openai_routes(
 
         def render() -> str:
             try:
-                return chat.engine.tokenizer.render_chat(messages, add_generation_prompt=True)
+                return core.engine.tokenizer.render_chat(messages, add_generation_prompt=True)
             except Exception as exc:  # a model's template may refuse a conversation (e.g. roles out of order)
                 logger.info("the chat template refused a conversation: %s", type(exc).__name__)
                 raise BadChatRequest("the model's chat template rejects these messages", param="messages") from None
@@ -254,7 +227,7 @@ def add_openai_routes(
             "object": "model",
             "created": int(time.time()),
             "owned_by": "chatstream-gateway",
-            "max_model_len": chat.engine.max_model_len,
+            "max_model_len": core.engine.max_model_len,
         }
         return JSONResponse({"object": "list", "data": [model]})
 

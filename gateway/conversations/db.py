@@ -25,7 +25,7 @@ class StoredConversation:
     turns: int
     created_at: float
     updated_at: float
-    prompt: str = ""  # encoded ChatPrompt (gateway.stores.encode_value)
+    prompt: str = ""  # encoded ChatPrompt (gateway.sessions.codec.encode_value)
     params: str = "{}"  # JSON object
 
     def columns(self, user: str) -> tuple[str, str, str, int, float, float, str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.chat_stream import ChatStreamBody, GenerationParams
+from gateway.chat.schema import ChatStreamBody, GenerationParams
 
 _ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",

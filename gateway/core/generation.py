@@ -1,0 +1,82 @@
+"""One generation: what was asked (immutable) and what happened (its outcome).
+
+An API builds a `GenerationRequest` and hands it to the core; the runner
+fills in the `Outcome` as the generation runs. How the generation ended is an
+explicit value (`Outcome.state`), set once, at the moment it happens: the
+first ending wins, so a client that hangs up after its stream completed is
+still a success, and a refusal sent after queueing stays an error.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from gateway.core.completion import CompletionState
+from gateway.core.engine import SamplingOptions
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """What a client asked for, ready for the engine."""
+
+    request_id: str
+    route: str
+    prompt_token_ids: list[int]
+    options: SamplingOptions
+    # Response headers beside the API's own (e.g. `X-Message-Id`).
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    arrived_at: float = field(default_factory=time.monotonic)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+@dataclass(eq=False, slots=True)
+class Outcome:
+    """What happened to one generation, filled in while it runs."""
+
+    admitted_at: float | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    ended_at: float | None = None
+    text_parts: list[str] = field(default_factory=list)
+    # How many of `text_parts` reached the client (deltas sent, or all of them with the last body).
+    parts_sent: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    engine_started: bool = False
+    engine_finished: bool = False
+    status: int = 200
+    error: BaseException | None = None
+    state: CompletionState | None = None
+
+    @property
+    def text(self) -> str:
+        """The whole answer the engine produced."""
+        return "".join(self.text_parts)
+
+    @property
+    def sent_text(self) -> str:
+        """The part of the answer the client has received."""
+        return "".join(self.text_parts[: self.parts_sent])
+
+    def ttft(self, arrived_at: float) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - arrived_at
+
+    def end(self, state: CompletionState) -> None:
+        """Record how the generation ended; the first ending recorded stands."""
+        if self.state is None:
+            self.state = state
+
+    def client_left(self) -> None:
+        """The client went away (hung up, or stopped reading)."""
+        if self.parts_sent:
+            self.end(CompletionState.CLIENT_DISCONNECTED_WHILE_STREAMING)
+        else:
+            self.end(CompletionState.CLIENT_DISCONNECTED_BEFORE_STREAMING)
+
+    def fail(self, error: BaseException) -> None:
+        """The generation failed: an engine fault, a queue timeout, a bug."""
+        if self.state is None:
+            self.error = error
+        self.end(CompletionState.UNKNOWN_ERROR_OCCURRED)

@@ -1,0 +1,366 @@
+"""One admitted generation, end to end: queue, stream, and finish exactly once.
+
+Both APIs run their generations here; they differ only in how events are
+spelled (a `StreamFormat`) and in what they record when the generation ends
+(`on_end`). Everything that must happen exactly once (release the slot, abort
+the engine request, `on_end`, the completion callback, metrics, the log line)
+happens in one `finally` that is shielded from cancellation, so no way of
+ending can skip it.
+
+Cancellation flows:
+- the client disconnects: the watcher sees `http.disconnect` on `receive` and
+  cancels the task group; the engine request is aborted in `finally`;
+- the client stops reading: a send stalled longer than `send_timeout`
+  counts as a disconnect (the keep-alive task watches for it);
+- the server cancels the ASGI task (shutdown): `finally` still runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio
+import anyio.abc
+from starlette.requests import Request
+from starlette.types import Message, Send
+
+from gateway.core.admission import AdmissionController, Ticket
+from gateway.core.completion import CompletionCallback, CompletionState, fire_callback
+from gateway.core.engine import Engine, EngineDead
+from gateway.core.errors import EngineUnavailable, GatewayError, error_headers
+from gateway.core.generation import GenerationRequest, Outcome
+from gateway.core.metrics import Metrics
+from gateway.core.request_log import mark_logged, request_id_of
+
+logger = logging.getLogger(__name__)
+
+OnEnd = Callable[[Outcome], Awaitable[None]]
+
+
+class StreamFormat(Protocol):
+    """How one API spells the response of one generation."""
+
+    streaming: bool
+    headers: list[tuple[bytes, bytes]]
+    ping: bytes
+
+    def delta(self, text: str) -> bytes: ...
+
+    def done(self, outcome: Outcome) -> bytes: ...
+
+    def error(self, error: GatewayError) -> bytes: ...
+
+    def refusal(self, error: GatewayError) -> bytes:
+        """The JSON body of a refusal sent instead of a stream."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    queue_timeout: float
+    send_timeout: float
+    ping_interval: float
+
+
+@dataclass(eq=False, slots=True)
+class _Stream:
+    """The connection side of one generation: what was sent and when."""
+
+    send: Send
+    fmt: StreamFormat
+    extra_headers: tuple[tuple[bytes, bytes], ...]
+    started: bool = False
+    send_started_at: float | None = None
+    last_send_at: float = 0.0
+    closed: bool = False  # the client is gone: nothing more can be sent
+
+
+class _ClientGone(Exception):
+    """The client stopped taking data (disconnected or too slow)."""
+
+
+class GenerationRunner:
+    """Runs generations against one engine under one admission controller."""
+
+    def __init__(self, engine: Engine, admission: AdmissionController, metrics: Metrics, limits: StreamLimits) -> None:
+        self.engine = engine
+        self.admission = admission
+        self.metrics = metrics
+        self.limits = limits
+
+    async def run(
+        self,
+        request: Request,
+        send: Send,
+        gen: GenerationRequest,
+        fmt: StreamFormat,
+        on_end: OnEnd,
+        callback: CompletionCallback | None,
+    ) -> None:
+        """Serve `gen` on this connection. `on_end` runs once, always; `callback` once if queued."""
+        outcome = Outcome()
+        stream = _Stream(send, fmt, gen.headers)
+        try:
+            if not self.engine.is_healthy():
+                raise EngineUnavailable("the engine is not available", retry_after=5)
+            ticket = self.admission.enter()
+        except GatewayError as refusal:
+            outcome.status = refusal.status
+            self.metrics.rejections.labels(gen.route, refusal.type).inc()
+            try:
+                await on_end(outcome)
+            finally:
+                await self._send_refusal(stream, outcome, refusal)
+                self._log(request, gen, outcome)
+            return
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_disconnect, request, stream, outcome, tg.cancel_scope)
+                await self._serve(ticket, gen, outcome, stream, tg)
+                tg.cancel_scope.cancel()
+        except Exception as exc:  # a bug or an engine fault: report it, never raise into the server
+            error = _first_error(exc)
+            outcome.fail(error)
+            logger.exception("request %s failed", gen.request_id)
+            await self._send_failure(stream, outcome, error)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._finish(request, ticket, gen, outcome, stream, on_end, callback)
+
+    async def _serve(
+        self, ticket: Ticket, gen: GenerationRequest, outcome: Outcome, stream: _Stream, tg: anyio.abc.TaskGroup
+    ) -> None:
+        try:
+            await ticket.wait(self.limits.queue_timeout)
+        except GatewayError as err:  # queue timeout
+            outcome.fail(err)
+            await self._send_refusal(stream, outcome, err)
+            return
+        outcome.admitted_at = time.monotonic()
+        self.metrics.queue_time.observe(ticket.queue_seconds)
+        if not self.engine.is_healthy():
+            gone = EngineUnavailable("the engine is not available", retry_after=5)
+            outcome.fail(gone)
+            await self._send_refusal(stream, outcome, gone)
+            return
+
+        # asyncio's Lock costs nothing uncontended; anyio's yields to the loop on
+        # every acquire, which is a task switch per token.
+        lock = asyncio.Lock()
+        tg.start_soon(self._keep_alive, stream, outcome, lock, tg.cancel_scope)
+        try:
+            await self._pump(gen, outcome, stream, lock)
+        except _ClientGone:
+            stream.closed = True
+            outcome.client_left()
+
+    async def _pump(self, gen: GenerationRequest, outcome: Outcome, stream: _Stream, lock: asyncio.Lock) -> None:
+        metrics, fmt = self.metrics, stream.fmt
+        outcome.engine_started = True
+        try:
+            async with aclosing(self.engine.generate(gen.request_id, gen.prompt_token_ids, gen.options)) as outputs:
+                async for out in outputs:
+                    now = time.monotonic()
+                    if out.num_new_tokens:
+                        if outcome.first_token_at is None:
+                            outcome.first_token_at = now
+                            metrics.ttft.observe(now - gen.arrived_at)
+                        elif outcome.last_token_at is not None:
+                            gap = (now - outcome.last_token_at) / out.num_new_tokens
+                            for _ in range(out.num_new_tokens):
+                                metrics.itl.observe(gap)
+                        outcome.last_token_at = now
+                    outcome.prompt_tokens = out.num_prompt_tokens
+                    outcome.completion_tokens += out.num_new_tokens
+                    if out.finish_reason is not None:
+                        outcome.finish_reason = out.finish_reason
+                        outcome.engine_finished = True
+                    if out.text:
+                        outcome.text_parts.append(out.text)
+                        if fmt.streaming:
+                            await self._send_body(stream, lock, fmt.delta(out.text))
+                            outcome.parts_sent += 1
+        except EngineDead:
+            err = EngineUnavailable("the engine stopped while generating this answer", retry_after=5)
+            outcome.fail(err)
+            await self._send_failure(stream, outcome, err)
+            return
+        # The response stays open until _finish has run on_end (see there).
+        await self._send_body(stream, lock, fmt.done(outcome))
+        outcome.parts_sent = len(outcome.text_parts)
+        outcome.end(CompletionState.SUCCESS)
+
+    async def _send_body(self, stream: _Stream, lock: asyncio.Lock, body: bytes) -> None:
+        async with lock:
+            await self._start(stream)
+            # No timeout scope per token (it would cost more than the send): the
+            # keep-alive task watches `send_started_at` and cuts a stalled client.
+            stream.send_started_at = time.monotonic()
+            try:
+                await stream.send({"type": "http.response.body", "body": body, "more_body": True})
+            except OSError as exc:
+                raise _ClientGone from exc
+            stream.send_started_at = None
+            stream.last_send_at = time.monotonic()
+
+    async def _start(self, stream: _Stream) -> None:
+        # The status line waits for the first event, so anything that fails before
+        # it (engine dead, a bad prompt) still gets a real status code.
+        if stream.started:
+            return
+        stream.started = True
+        headers = [*stream.fmt.headers, *stream.extra_headers]
+        await self._send(stream, {"type": "http.response.start", "status": 200, "headers": headers})
+
+    async def _send(self, stream: _Stream, message: Message) -> None:
+        """A one-off send, bounded by `send_timeout`."""
+        try:
+            with anyio.fail_after(self.limits.send_timeout):
+                await stream.send(message)
+        except (TimeoutError, OSError) as exc:
+            raise _ClientGone from exc
+
+    async def _keep_alive(
+        self, stream: _Stream, outcome: Outcome, lock: asyncio.Lock, scope: anyio.CancelScope
+    ) -> None:
+        """Cut a client that stopped reading; send keep-alive comments while the stream is quiet.
+
+        Keep-alive comments stop load balancers cutting a stream whose prefill is long.
+        """
+        limits = self.limits
+        tick = min(limits.ping_interval, limits.send_timeout) / 4
+        stream.last_send_at = time.monotonic()
+        while True:
+            await anyio.sleep(tick)
+            now = time.monotonic()
+            if stream.send_started_at is not None and now - stream.send_started_at > limits.send_timeout:
+                self._client_gone(stream, outcome, scope)
+                return
+            if stream.fmt.streaming and not lock.locked() and now - stream.last_send_at >= limits.ping_interval:
+                try:
+                    async with lock:
+                        await self._start(stream)
+                        message = {"type": "http.response.body", "body": stream.fmt.ping, "more_body": True}
+                        await self._send(stream, message)
+                        stream.last_send_at = time.monotonic()
+                except _ClientGone:
+                    self._client_gone(stream, outcome, scope)
+                    return
+
+    async def _watch_disconnect(
+        self, request: Request, stream: _Stream, outcome: Outcome, scope: anyio.CancelScope
+    ) -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                self._client_gone(stream, outcome, scope)
+                return
+
+    @staticmethod
+    def _client_gone(stream: _Stream, outcome: Outcome, scope: anyio.CancelScope) -> None:
+        stream.closed = True
+        outcome.client_left()
+        scope.cancel()
+
+    async def _send_refusal(self, stream: _Stream, outcome: Outcome, err: GatewayError) -> None:
+        outcome.status = err.status
+        if stream.started or stream.closed:
+            return
+        stream.started = True
+        headers = [(b"content-type", b"application/json"), *stream.extra_headers]
+        headers += [(k.lower().encode(), v.encode()) for k, v in error_headers(err).items()]
+        try:
+            await self._send(stream, {"type": "http.response.start", "status": err.status, "headers": headers})
+            await self._send(stream, {"type": "http.response.body", "body": stream.fmt.refusal(err)})
+        except _ClientGone:
+            stream.closed = True
+
+    async def _send_failure(self, stream: _Stream, outcome: Outcome, error: BaseException) -> None:
+        """Tell the client the generation failed: an error event mid-stream, else a status."""
+        err = error if isinstance(error, GatewayError) else GatewayError("the server failed to generate an answer")
+        if not stream.started:
+            await self._send_refusal(stream, outcome, err)
+            return
+        if stream.closed or not stream.fmt.streaming:
+            return
+        try:
+            with anyio.CancelScope(shield=True):
+                message = {"type": "http.response.body", "body": stream.fmt.error(err), "more_body": False}
+                await self._send(stream, message)
+        except _ClientGone:
+            stream.closed = True
+
+    async def _finish(
+        self,
+        request: Request,
+        ticket: Ticket,
+        gen: GenerationRequest,
+        outcome: Outcome,
+        stream: _Stream,
+        on_end: OnEnd,
+        callback: CompletionCallback | None,
+    ) -> None:
+        ticket.release()
+        outcome.ended_at = time.monotonic()
+        if outcome.engine_started and not outcome.engine_finished:
+            try:
+                await self.engine.abort(gen.request_id)
+            except Exception:
+                logger.exception("aborting request %s failed", gen.request_id)
+        # Nothing recorded an ending (e.g. the server cancelled the task): an error.
+        outcome.end(CompletionState.UNKNOWN_ERROR_OCCURRED)
+        state = outcome.state
+        assert state is not None
+        try:
+            await on_end(outcome)
+        except Exception:
+            logger.exception("finishing request %s failed", gen.request_id)
+        if state is CompletionState.SUCCESS:
+            # The response ends only after on_end saved the conversation and released
+            # its lock, so a client that sends its next turn as soon as this response
+            # is complete never finds the conversation still busy (409).
+            try:
+                await self._send(stream, {"type": "http.response.body", "body": b"", "more_body": False})
+            except _ClientGone:
+                stream.closed = True
+        m = self.metrics
+        m.requests.labels(gen.route, state.value).inc()
+        m.e2e.observe(outcome.ended_at - gen.arrived_at)
+        m.prompt_tokens.inc(outcome.prompt_tokens)
+        m.generation_tokens.inc(outcome.completion_tokens)
+        await fire_callback(callback, request, state)
+        self._log(request, gen, outcome)
+
+    def _log(self, request: Request, gen: GenerationRequest, outcome: Outcome) -> None:
+        # This is the request's one access-log line: the access middleware skips it.
+        mark_logged(request.scope)
+        ended = outcome.ended_at or time.monotonic()
+        ttft = outcome.ttft(gen.arrived_at)
+        logger.info(
+            "request %s generation=%s route=%s state=%s status=%d ttft=%s prompt_tokens=%d completion_tokens=%d "
+            "duration=%.3fs",
+            request_id_of(request.scope) or "-",
+            gen.request_id,
+            gen.route,
+            outcome.state.value if outcome.state else "refused",
+            outcome.status,
+            "-" if ttft is None else f"{ttft:.3f}s",
+            outcome.prompt_tokens,
+            outcome.completion_tokens,
+            ended - gen.arrived_at,
+        )
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    # The task group wraps what the stream raised in an ExceptionGroup; unwrapped,
+    # a GatewayError from the engine (a request vLLM rejects: 400) keeps its status.
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

@@ -1,0 +1,84 @@
+"""Core: what both APIs share, built from one `Config`.
+
+One engine, one admission controller, one set of metrics and one generation
+runner. `/chat_stream` and the OpenAI routes each turn their request bodies
+into a `GenerationRequest` and a `StreamFormat`, and hand both to
+`Core.run`; neither API touches the other's objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.requests import Request
+from starlette.types import Send
+
+from gateway.core.admission import AdmissionController
+from gateway.core.completion import CompletionCallback
+from gateway.core.engine import Engine
+from gateway.core.errors import GatewayError
+from gateway.core.generation import GenerationRequest
+from gateway.core.metrics import Metrics
+from gateway.core.runner import GenerationRunner, OnEnd, StreamFormat, StreamLimits
+from gateway.settings import Config
+
+
+class Core:
+    """The engine and everything around it that does not depend on an API.
+
+    Without `engine`, vLLM serves `config.model` (or the tiny offline model),
+    with `config`'s engine arguments updated by `engine_args`.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine | None = None,
+        *,
+        engine_args: Mapping[str, Any] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        if engine is None:
+            from gateway.core.vllm_engine import VLLMEngine  # vLLM is heavy: import it only when used
+
+            model = config.model or str(config.tiny_model_dir)
+            engine = VLLMEngine(model, {**config.engine_args(), **(engine_args or {})})
+        self.config = config
+        self.engine: Engine = engine
+        self.admission = AdmissionController(config.concurrency, config.queue_size)
+        self.metrics = metrics or Metrics()
+        self.metrics.watch(self.admission.load, self.engine.stats)
+        limits = StreamLimits(config.queue_timeout, config.send_timeout, config.ping_interval)
+        self.runner = GenerationRunner(self.engine, self.admission, self.metrics, limits)
+
+    @asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """Run the engine for the app's lifetime (use as `FastAPI(lifespan=...)`)."""
+        await self.engine.start()
+        try:
+            yield
+        finally:
+            await self.engine.stop()
+
+    async def run(
+        self,
+        request: Request,
+        send: Send,
+        gen: GenerationRequest,
+        fmt: StreamFormat,
+        on_end: OnEnd,
+        callback: CompletionCallback | None,
+    ) -> None:
+        """Admit, stream and finish one generation on this connection (see `GenerationRunner.run`)."""
+        await self.runner.run(request, send, gen, fmt, on_end, callback)
+
+    def count_refusal(self, route: str, error: GatewayError) -> None:
+        """Count a request refused before it reached the queue."""
+        self.metrics.rejections.labels(route, error.type).inc()
+
+    @property
+    def ready(self) -> bool:
+        """The engine is up and the gateway is not draining."""
+        return self.engine.is_healthy() and not self.admission.draining
