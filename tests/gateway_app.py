@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -48,18 +47,6 @@ async def running_gateway(
     app = create_app(Settings(secure_cookies=False, **settings), engine=engine, callback=record)
     async with serve(app, lifespan=lifespan) as url:
         yield Gateway(url, app, states)
-
-
-def data_lines(body: str) -> list[str]:
-    """The payloads of an OpenAI stream's `data:` lines, in order."""
-    return [line[len("data: ") :] for line in body.splitlines() if line.startswith("data: ")]
-
-
-def chunks(body: str) -> list[dict[str, Any]]:
-    """The JSON chunks of an OpenAI stream (everything before `[DONE]`)."""
-    lines = data_lines(body)
-    assert lines[-1] == "[DONE]"
-    return [json.loads(line) for line in lines[:-1]]
 
 
 def metric(text: str, name: str, **labels: str) -> float:

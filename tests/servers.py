@@ -254,28 +254,3 @@ class Gateway:
             while self.process.poll() is None:
                 await asyncio.sleep(0.1)
         return self.process.returncode
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one Prometheus sample in `text` (0 when absent)."""
-    for line in text.splitlines():
-        if not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        sample, _, label_text = head.partition("{")
-        if sample != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', label_text))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(value)
-    return 0.0
-
-
-def sse_events(text: str) -> list[tuple[str, str]]:
-    """(event, data) pairs of an SSE body."""
-    events = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line and not line.startswith(":"))
-        if "event" in fields:
-            events.append((fields["event"], fields.get("data", "")))
-    return events

@@ -1,4 +1,5 @@
-"""Reading `/chat_stream` as a client does: SSE events, and connections a test can cut."""
+"""Reading streams as a client does: SSE events of `/chat_stream`, OpenAI `data:` chunks, and
+connections a test can cut. The suite's one SSE parser."""
 
 from __future__ import annotations
 
@@ -6,15 +7,13 @@ import asyncio
 import json
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import httpx
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     event: str
     data: dict[str, Any]
 
@@ -52,6 +51,18 @@ async def first_event(response: httpx.Response) -> Event:
 
 def answer_of(events: list[Event]) -> str:
     return "".join(e.data["text"] for e in events if e.event == "delta")
+
+
+def data_lines(body: str) -> list[str]:
+    """The payloads of an OpenAI stream's `data:` lines, in order."""
+    return [line[len("data: ") :] for line in body.splitlines() if line.startswith("data: ")]
+
+
+def chunks(body: str) -> list[dict[str, Any]]:
+    """The JSON chunks of an OpenAI stream (everything before `[DONE]`)."""
+    lines = data_lines(body)
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 30) -> None:

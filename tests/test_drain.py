@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from pathlib import Path
 
@@ -11,7 +10,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.servers import Gateway, sse_events
+from tests.servers import Gateway
+from tests.sse_client import Event, parse_sse
 
 pytestmark = pytest.mark.engine
 
@@ -36,7 +36,7 @@ async def test_sigterm_lets_twenty_live_streams_finish_and_refuses_new_requests(
     await asyncio.to_thread(gateway.start)
     started = [asyncio.Event() for _ in range(STREAMS)]
 
-    async def stream(i: int) -> list[tuple[str, str]]:
+    async def stream(i: int) -> list[Event]:
         body = b""
         # One client per stream: each is its own session.
         async with httpx.AsyncClient(timeout=300) as client:
@@ -47,7 +47,7 @@ async def test_sigterm_lets_twenty_live_streams_finish_and_refuses_new_requests(
                 body += chunk
                 if b"event: delta" in body:
                     started[i].set()
-        return sse_events(body.decode())
+        return parse_sse(body.decode())
 
     try:
         async with asyncio.timeout(600):
@@ -73,9 +73,8 @@ async def test_sigterm_lets_twenty_live_streams_finish_and_refuses_new_requests(
         gateway.stop()
 
     for events in results:
-        kind, data = events[-1]
+        kind, done = events[-1]
         assert kind == "done"
-        done = json.loads(data)
         assert done["state"] == "success"
         assert done["usage"]["completion_tokens"] == TOKENS
     assert exit_status == 0

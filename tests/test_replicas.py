@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import Gateway, Nginx, RedisServer, metric, sse_events
+from tests.gateway_app import metric
+from tests.servers import Gateway, Nginx, RedisServer
+from tests.sse_client import parse_sse
 
 pytestmark = pytest.mark.engine
 
@@ -52,9 +53,9 @@ async def turn(client: httpx.AsyncClient, url: str, text: str, cookie: str | Non
     headers = {"cookie": f"chatstream_session={cookie}"} if cookie else {}
     r = await client.post(f"{url}/chat_stream", json={"user_input": text}, headers=headers)
     assert r.status_code == 200, r.text
-    events = sse_events(r.text)
+    events = parse_sse(r.text)
     assert events[-1][0] == "done", events[-1]
-    answer = "".join(json.loads(data)["text"] for kind, data in events if kind == "delta")
+    answer = "".join(data["text"] for kind, data in events if kind == "delta")
     return answer, r.cookies.get("chatstream_session") or cookie
 
 

@@ -3,7 +3,7 @@
 The client gets an `error` event (mid-stream) or a JSON error with a real
 status (before it), the callback reports `unknown_error_occurred`, nothing
 leaks, and `/health` says whether the engine can still serve. Killing the
-real engine's core process is covered by tests/test_health.py.
+real engine's core process is covered by tests/core/test_health.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from prompts import ChatPrompt, RenderedPrompt
 from tests.fakes import FakeEngine
 from tests.live import serve
 from tests.reliability.conftest import Callbacks, Gateway, make_settings, running_gateway
-from tests.reliability.test_prompt_properties import sse_events
+from tests.sse_client import parse_sse
 
 State = CompletionState
 
@@ -45,7 +45,7 @@ async def test_an_engine_raising_mid_stream_gives_an_error_event_and_keeps_what_
     async with httpx.AsyncClient(base_url=gateway.url) as client:
         r = await chat(gateway, client, "mid")
         assert r.status_code == 200
-        events = sse_events(r.text)
+        events = parse_sse(r.text)
         assert [kind for kind, _ in events] == ["delta", "delta", "delta", "error"]
         error = events[-1][1]["error"]
         assert isinstance(error, dict) and error["type"] == "internal_error"

@@ -22,6 +22,7 @@ from gateway.sessions.codec import decode_value, encode_value
 from prompts import ChatPrompt, TurnTooLong
 from tests.fakes import FakeEngine
 from tests.reliability.conftest import make_settings, rounds, running_gateway
+from tests.sse_client import parse_sse
 
 EXAMPLES = rounds(200, 2000)
 
@@ -130,15 +131,6 @@ def client() -> Iterator[TestClient]:
         yield c
 
 
-def sse_events(body: str) -> list[tuple[str, dict[str, object]]]:
-    events = []
-    for block in body.replace("\r\n", "\n").split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.split("\n") if line.startswith(("event: ", "data: ")))
-        if "event" in lines:
-            events.append((lines["event"], json.loads(lines["data"])))
-    return events
-
-
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -160,7 +152,7 @@ def test_any_unicode_in_and_out_is_valid_utf8_json_and_recorded_exactly(
         assert r.status_code == 400
         return
     assert r.status_code == 200
-    events = sse_events(r.content.decode("utf-8", "strict"))
+    events = parse_sse(r.content.decode("utf-8", "strict"))
     deltas = "".join(str(data["text"]) for kind, data in events if kind == "delta")
     assert deltas == answer
     messages = client.get("/get_prompt").json()["messages"]
@@ -181,7 +173,7 @@ async def test_real_engine_deltas_split_inside_multibyte_characters_arrive_as_va
                 async with httpx.AsyncClient(base_url=gw.url) as client:
                     r = await client.post("/chat_stream", json={"user_input": prompt})
                     assert r.status_code == 200
-                    events = sse_events(r.content.decode("utf-8", "strict"))
+                    events = parse_sse(r.content.decode("utf-8", "strict"))
                     assert events[-1][0] == "done"
                     deltas = "".join(str(d["text"]) for kind, d in events if kind == "delta")
                     deltas.encode("utf-8", "strict")  # no lone surrogates from half characters

@@ -14,7 +14,8 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from gateway import CompletionState
 from tests.fakes import FakeEngine
-from tests.gateway_app import Gateway, chunks, data_lines, running_gateway
+from tests.gateway_app import Gateway, running_gateway
+from tests.sse_client import chunks, data_lines
 
 ANSWER = "Hello from the fake engine."
 USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]

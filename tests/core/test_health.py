@@ -16,7 +16,8 @@ import pytest
 from gateway import CompletionState
 from gateway.core.vllm_engine import VLLMEngine
 from tests.fakes import FakeEngine
-from tests.gateway_app import Gateway, chunks, running_gateway
+from tests.gateway_app import Gateway, running_gateway
+from tests.sse_client import chunks
 
 
 async def test_health_and_ready_follow_the_engine_and_draining(fake_engine: FakeEngine) -> None:

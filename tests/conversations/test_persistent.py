@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -22,7 +21,8 @@ from gateway.core.vllm_engine import VLLMEngine
 from gateway.http.auth import UserKeys
 from prompts import ChatPrompt
 from tests.live import serve
-from tests.servers import Postgres, sse_events
+from tests.servers import Postgres
+from tests.sse_client import parse_sse
 
 pytestmark = pytest.mark.engine
 
@@ -91,9 +91,9 @@ async def turn(client: httpx.AsyncClient, headers: dict[str, str], text: str, ci
 
 
 def answer_of(response: httpx.Response) -> str:
-    events = sse_events(response.text)
+    events = parse_sse(response.text)
     assert events[-1][0] == "done", response.text
-    return "".join(json.loads(data)["text"] for kind, data in events if kind == "delta")
+    return "".join(data["text"] for kind, data in events if kind == "delta")
 
 
 async def test_conversations_survive_a_gateway_restart(real_engine: VLLMEngine, db_url: str, users: Users) -> None:

@@ -18,9 +18,9 @@ import pytest
 
 from gateway import ChatStream, CompletionState, Settings, create_app
 from gateway.core.vllm_engine import VLLMEngine
+from tests.chat.test_chat_stream import SECRET, Ended, chat_turn, messages_of, recording_callback
 from tests.live import serve
 from tests.sse_client import answer_of, eventually, first_event, hang_up, iter_events, open_raw_post
-from tests.test_chat_stream import SECRET, Ended, chat_turn, messages_of, recording_callback
 
 pytestmark = pytest.mark.engine
 

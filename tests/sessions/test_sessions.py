@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway import MemoryStore, SessionMiddleware
 from tests.live import serve
-from tests.test_memory_store import Clock
+from tests.sessions.test_memory_store import Clock
 
 KEY = "session-test-key-0123456789abcdef"
 COOKIE = "chatstream_session"
