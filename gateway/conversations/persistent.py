@@ -25,7 +25,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from starlette.applications import Starlette
-from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.conversations.db import ConversationDB, StoredConversation, open_db
 from gateway.conversations.model import Conversation
 from gateway.core.errors import GatewayError, NotFound, SessionBusy, SessionStoreUnavailable, error_response
+from gateway.http.asgi import add_headers, on_response_start
 from gateway.http.auth import UserKeys
 from gateway.sessions.codec import decode_value, encode_value
 from prompts import ChatPrompt
@@ -232,15 +232,9 @@ class ConversationIdHeader:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+        def add_id(message: Message) -> None:
+            cid = scope.get("state", {}).get(_STATE_KEY)
+            if cid is not None:
+                add_headers(message, [(HEADER.lower().encode(), cid.encode())])
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                cid = scope.get("state", {}).get(_STATE_KEY)
-                if cid is not None:
-                    MutableHeaders(scope=message)[HEADER] = cid
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
+        await self.app(scope, receive, on_response_start(send, add_id) if scope["type"] == "http" else send)

@@ -12,16 +12,11 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from starlette.requests import Request
-from starlette.types import Send
-
 from gateway.core.admission import AdmissionController
-from gateway.core.completion import CompletionCallback
 from gateway.core.engine import Engine
 from gateway.core.errors import GatewayError
-from gateway.core.generation import GenerationRequest
 from gateway.core.metrics import Metrics
-from gateway.core.runner import GenerationRunner, OnEnd, StreamFormat, StreamLimits
+from gateway.core.runner import GenerationRunner, StreamLimits
 from gateway.settings import Config
 
 
@@ -52,6 +47,8 @@ class Core:
         self.metrics.watch(self.admission.load, self.engine.stats)
         limits = StreamLimits(config.queue_timeout, config.send_timeout, config.ping_interval)
         self.runner = GenerationRunner(self.engine, self.admission, self.metrics, limits)
+        # The one entry point both APIs use: admit, stream and finish one generation on a connection.
+        self.run = self.runner.run
 
     @asynccontextmanager
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:
@@ -61,18 +58,6 @@ class Core:
             yield
         finally:
             await self.engine.stop()
-
-    async def run(
-        self,
-        request: Request,
-        send: Send,
-        gen: GenerationRequest,
-        fmt: StreamFormat,
-        on_end: OnEnd,
-        callback: CompletionCallback | None,
-    ) -> None:
-        """Admit, stream and finish one generation on this connection (see `GenerationRunner.run`)."""
-        await self.runner.run(request, send, gen, fmt, on_end, callback)
 
     def count_refusal(self, route: str, error: GatewayError) -> None:
         """Count a request refused before it reached the queue."""

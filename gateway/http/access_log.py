@@ -19,6 +19,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.core.request_log import LOGGED_STATE, REQUEST_ID_STATE
+from gateway.http.asgi import add_headers, on_response_start
 
 logger = logging.getLogger(__name__)
 
@@ -42,15 +43,13 @@ class AccessLogMiddleware:
         started = time.monotonic()
         status = 0
 
-        async def send_with_id(message: Message) -> None:
+        def add_id(message: Message) -> None:
             nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
-            await send(message)
+            status = message["status"]
+            add_headers(message, [(b"x-request-id", request_id.encode())])
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, on_response_start(send, add_id))
         finally:
             if not state.get(LOGGED_STATE):
                 logger.info(

@@ -13,8 +13,9 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.http.asgi import add_headers, on_response_start
 from gateway.settings import Config
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -41,12 +42,7 @@ class _WithPageHeaders:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *PAGE_HEADERS]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+        await self.app(scope, receive, on_response_start(send, lambda message: add_headers(message, PAGE_HEADERS)))
 
 
 def add_page(app: FastAPI) -> None:

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from itsdangerous import BadSignature, TimestampSigner
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.core.errors import SessionStoreUnavailable
+from gateway.http.asgi import add_headers, on_response_start
 from gateway.sessions.stores import MemoryStore, SessionStore
 
 logger = logging.getLogger(__name__)
@@ -171,16 +171,14 @@ class SessionMiddleware:
         # As Starlette's SessionMiddleware does, so `request.session` works for code mounted beside the gateway.
         scope["session"] = context.data
 
-        async def send_with_cookie(message: Message) -> None:
-            if message["type"] == "http.response.start" and context.has_changes:
+        def add_cookie(message: Message) -> None:
+            if context.has_changes:
                 _ = context.id  # data written before the response starts gets its cookie now
-            if message["type"] == "http.response.start" and context.issued:
-                headers = MutableHeaders(scope=message)
-                headers.append("Set-Cookie", self._cookie(context.id))
-            await send(message)
+            if context.issued:
+                add_headers(message, [(b"set-cookie", self._cookie(context.id).encode("latin-1"))])
 
         try:
-            await self.app(scope, receive, send_with_cookie)
+            await self.app(scope, receive, on_response_start(send, add_cookie))
         finally:
             try:
                 await context.flush()
