@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import load, records, report
+from benchmarks import client, records, report
 from benchmarks import plan as plans
-from benchmarks.scenarios import Suite
-from benchmarks.targets import ChatStreamTarget, OpenAIChatTarget, PlainTextTarget, Target
+from benchmarks.client.engine import engine_target
+from benchmarks.scenarios import run_suite
 from benchmarks.ui import UI, print_table
 
 
@@ -36,20 +38,18 @@ async def _suite(args: argparse.Namespace) -> int:
     make = plans.quick_plan if args.quick else plans.full_plan
     plan = make(args.model, Path(args.out), scenarios)
     if args.no_profile:
-        plan = plans.Plan(**{**plan.__dict__, "profile": False})
+        plan = dataclasses.replace(plan, profile=False)
     plan.out.mkdir(parents=True, exist_ok=True)
     load_start = list(os.getloadavg())
     started = time.monotonic()
     with UI(enabled=not args.no_progress) as ui:
-        suite = Suite(plan, ui)
-        await suite.run()
-    timings = suite.figures.pop("timings_s", {})
+        suite = await run_suite(plan, ui)
     result: dict[str, Any] = {
         "environment": report.environment(),
         "load_average_start": load_start,
         "duration_s": time.monotonic() - started,
-        "scenario_seconds": timings,
-        "plan": {k: (str(v) if isinstance(v, Path) else v) for k, v in plan.__dict__.items()},
+        "scenario_seconds": suite.seconds,
+        "plan": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(plan).items()},
         "scenarios": suite.figures,
         "checks": [c.as_dict() for c in suite.checks],
         "definitions": records.__doc__,
@@ -62,44 +62,47 @@ async def _suite(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.asynccontextmanager
+async def _target(args: argparse.Namespace) -> AsyncIterator[client.Target]:
+    """The target `--target` names, closed (or, for the engine, stopped) afterwards."""
+    if args.target == "engine":
+        if not args.model:
+            raise SystemExit("--target engine needs --model DIR")
+        async with engine_target(args.model) as engine:
+            yield engine
+        return
+    if not args.url:
+        raise SystemExit(f"--target {args.target} needs --url")
+    target: client.Target
+    if args.target == "chat_stream":
+        target = client.ChatStreamTarget("chat_stream", args.url)
+    elif args.target == "openai":
+        target = client.OpenAIChatTarget("openai", args.url, args.model or "")
+    else:
+        target = client.PlainTextTarget("plain_text", args.url)
+    try:
+        yield target
+    finally:
+        await target.close()
+
+
 async def _load(args: argparse.Namespace) -> int:
     slo = records.SLO(args.ttft_slo, args.tpot_slo)
     concurrencies = _ints(args.concurrency)
-    engine_cm = None
-    target: Target
-    if args.target == "engine":
-        from benchmarks.targets import EngineTarget
-        from gateway.core.vllm_engine import VLLMEngine
-
-        if not args.model:
-            raise SystemExit("--target engine needs --model DIR")
-        engine = VLLMEngine(args.model, {"enable_prefix_caching": True})
-        await engine.start()
-        engine_cm = engine
-        target = EngineTarget("engine", engine)
-    elif not args.url:
-        raise SystemExit(f"--target {args.target} needs --url")
-    elif args.target == "chat_stream":
-        target = ChatStreamTarget("chat_stream", args.url)
-    elif args.target == "openai":
-        target = OpenAIChatTarget("openai", args.url, args.model or "")
-    else:
-        target = PlainTextTarget("plain_text", args.url)
-
     runs: dict[str, Any] = {}
-    try:
+    async with _target(args) as target:
         with UI(enabled=not args.no_progress) as ui:
             if args.turns > 1:
                 c = concurrencies[0]
                 with ui.step(f"{args.conversations} x {args.turns} turns", args.conversations * args.turns) as adv:
-                    res = await load.multi_turn(target, args.conversations, args.turns, c, args.max_tokens, adv)
+                    res = await client.multi_turn(target, args.conversations, args.turns, c, args.max_tokens, adv)
                 runs[f"multi-turn c={c}"] = records.summarise(res.records, res.duration, slo)
                 for turn in range(1, args.turns + 1):
                     recs = [r for r in res.records if r.turn == turn]
                     runs[f"turn {turn}"] = records.summarise(recs, res.duration, slo)
             elif args.rate:
                 with ui.step(f"poisson {args.rate} req/s", args.num_requests) as adv:
-                    res = await load.poisson(
+                    res = await client.poisson(
                         target, args.rate, args.num_requests, args.max_tokens, adv, concurrencies[0] or None
                     )
                 runs[f"rate={args.rate}"] = records.summarise(res.records, res.duration, slo)
@@ -107,12 +110,8 @@ async def _load(args: argparse.Namespace) -> int:
                 for c in concurrencies:
                     n = args.num_requests or max(16, 2 * c)
                     with ui.step(f"c={c}", n) as adv:
-                        res = await load.fixed_concurrency(target, c, n, args.max_tokens, adv)
+                        res = await client.fixed_concurrency(target, c, n, args.max_tokens, adv)
                     runs[f"c={c}"] = records.summarise(res.records, res.duration, slo)
-    finally:
-        await target.close()
-        if engine_cm is not None:
-            await engine_cm.stop()
     rows = [
         [
             name,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 SCENARIOS = (1, 2, 3, 4, 5, 6)
@@ -46,7 +46,6 @@ class Plan:
     memory_warmup: int = 500
     memory_users: int = 64
     profile: bool = True
-    extra: dict[str, str] = field(default_factory=dict)
 
     def requests_at(self, concurrency: int, target: str) -> int:
         if target == "original":  # ~300 tokens/s: one wave per level keeps it to about a minute

@@ -48,7 +48,6 @@ class RequestRecord:
     ended: float = 0.0
     error: str | None = None
     turn: int = 0
-    state: str | None = None
 
     @property
     def ttft(self) -> float | None:

@@ -1,7 +1,7 @@
 """Serve the original ChatStream (chatstream==0.3.0) on a model directory, for side-by-side runs.
 
 This script runs in its own virtual environment (chatstream is AGPL and pins
-its own stack; see `benchmarks/peers.py`), so it imports nothing from this
+its own stack; see `benchmarks/peers/commands.py`), so it imports nothing from this
 project. It uses only the package's documented public API: ChatStream(...),
 append_middlewares, start_queue_worker and handle_chat_stream_request.
 

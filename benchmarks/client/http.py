@@ -3,10 +3,10 @@
 The benchmark client shares two cores with the server it measures, so every
 microsecond it spends parsing is taken from the server. httpx costs more CPU
 per streamed chunk than reading the socket directly (scenario 5 measures
-both), so the load generator speaks HTTP/1.1
-itself: one keep-alive connection per simulated user, chunked bodies decoded
-as they arrive, and an `abort()` that cuts the TCP connection mid-stream the
-way a closed browser tab does.
+both), so the load generator speaks HTTP/1.1 itself: one keep-alive
+connection per simulated user, chunked bodies decoded as they arrive, and an
+`abort()` that cuts the TCP connection mid-stream the way a closed browser
+tab does.
 """
 
 from __future__ import annotations
@@ -23,6 +23,13 @@ _READ_LIMIT = 1 << 20
 
 class HTTPError(Exception):
     """The connection failed or the server broke the protocol."""
+
+
+def _chunk_size(line: bytes) -> int:
+    try:
+        return int(line.split(b";", 1)[0].strip(), 16)
+    except ValueError:
+        raise HTTPError(f"bad chunk size line {line[:80]!r}") from None
 
 
 @dataclass
@@ -50,7 +57,7 @@ class Response:
                     size_line = await reader.readline()
                     if not size_line:
                         raise HTTPError("connection closed inside a chunked body")
-                    size = int(size_line.split(b";", 1)[0].strip(), 16)
+                    size = _chunk_size(size_line)
                     if size == 0:
                         await reader.readline()  # the empty trailer
                         break
@@ -170,28 +177,3 @@ class Connection:
         if self.writer is not None:
             self.writer.close()
         self.reader = self.writer = None
-
-
-def sse_events(buffer: bytearray, data: bytes) -> list[tuple[str, str]]:
-    """Append `data` to `buffer` and return the complete SSE events in it as (event, data) pairs.
-
-    Comments (keep-alive pings) are skipped; an event without an `event:` field is "message".
-    """
-    buffer += data.replace(b"\r\n", b"\n")
-    events: list[tuple[str, str]] = []
-    while (end := buffer.find(b"\n\n")) >= 0:
-        block = bytes(buffer[:end]).decode("utf-8", "replace")
-        del buffer[: end + 2]
-        name, datas = "message", []
-        for line in block.split("\n"):
-            if line.startswith(":") or not line:
-                continue
-            key, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if key == "event":
-                name = value
-            elif key == "data":
-                datas.append(value)
-        if datas or name != "message":
-            events.append((name, "\n".join(datas)))
-    return events

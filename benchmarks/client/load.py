@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from benchmarks.client.targets import Target, User
 from benchmarks.records import RequestRecord
-from benchmarks.targets import Target, User
 
 Progress = Callable[[int], None]
 

@@ -1,0 +1,101 @@
+"""A peer's process: started with its output in a log, ready when `/health` answers, stopped gently."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil  # type: ignore[import-untyped]
+
+
+class PeerFailed(RuntimeError):
+    """A server did not start, or died."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A running peer: its base URL and process, with the readings the scenarios need."""
+
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def rss_bytes(self) -> int:
+        return int(psutil.Process(self.pid).memory_info().rss)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server process alone (not the engine-core child)."""
+        times = psutil.Process(self.pid).cpu_times()
+        return float(times.user + times.system)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _wait_ready(server: Server, timeout: float) -> None:
+    # Every peer serves GET /health (the original through its wrapper script); polled with a plain
+    # blocking client because nothing else runs while a peer starts.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise PeerFailed(f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(server.url + "/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise PeerFailed(f"{server.name} not ready after {timeout:.0f} s:\n{server.log_tail()}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def running(
+    name: str, command: Sequence[str], port: int, log_dir: Path, env: Mapping[str, str], timeout: float = 300.0
+) -> Iterator[Server]:
+    """Start `command` (which must listen on 127.0.0.1:`port`), wait until it is ready, stop it afterwards."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            list(command), stdout=log, stderr=subprocess.STDOUT, env=dict(env), start_new_session=True
+        )
+    server = Server(name, f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        _wait_ready(server, timeout)
+        yield server
+    finally:
+        _stop(process)

@@ -1,0 +1,72 @@
+"""What every scenario works with: the plan, the progress display, the peers it starts and what it records."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from benchmarks import peers
+from benchmarks.client import Target, fixed_concurrency
+from benchmarks.plan import Plan
+from benchmarks.records import SLO, summarise
+from benchmarks.scenarios.checks import Check
+from benchmarks.ui import UI
+
+Figures = dict[str, Any]
+
+
+class Context:
+    """One suite run: scenarios start their servers through it and leave their figures and checks in it.
+
+    `figures` is keyed by scenario number as a string (the keys of results.json's
+    "scenarios"); a scenario may fill another's entry when it measured it on
+    the way (the quick sweep does scenario 4 on its own gateway).
+    """
+
+    def __init__(self, plan: Plan, ui: UI) -> None:
+        self.plan = plan
+        self.ui = ui
+        self.model = str(Path(plan.model).resolve())
+        self.figures: dict[str, Figures] = {}
+        self.checks: list[Check] = []
+        self._logs = plan.out / "logs"
+        self._env = peers.peer_env()
+
+    def check(
+        self, scenario: int, figure: str, value: float | None, target: str, met: bool | None, unit: str = ""
+    ) -> None:
+        self.checks.append(Check(scenario, figure, value, target, met, unit))
+
+    @contextlib.contextmanager
+    def server(self, name: str, command: list[str], port: int, timeout: float = 300.0) -> Iterator[peers.Server]:
+        """A peer running for the block (logs under `<out>/logs/<name>.log`)."""
+        self.ui.note(f"starting {name}")
+        with peers.running(name, command, port, self._logs, self._env, timeout=timeout) as server:
+            self.ui.note(f"{name} ready at {server.url} (pid {server.pid})")
+            yield server
+
+    def gateway(
+        self, name: str, flags: peers.GatewayFlags, *, prefix_caching: bool = True
+    ) -> contextlib.AbstractContextManager[peers.Server]:
+        """The gateway on the real engine."""
+        command = peers.gateway_command(self.model, flags, prefix_caching=prefix_caching)
+        return self.server(name, command, flags.port)
+
+    def null_gateway(
+        self, name: str, flags: peers.GatewayFlags, *, token_delay: float = 0.0
+    ) -> contextlib.AbstractContextManager[peers.Server]:
+        """The gateway over the zero-cost engine, which starts in seconds."""
+        return self.server(name, peers.null_gateway_command(flags, token_delay=token_delay), flags.port, timeout=60)
+
+    async def run_fixed(self, target: Target, concurrency: int, n: int, max_tokens: int, label: str) -> Figures:
+        """`n` requests from `concurrency` users (closed loop), summarised against the plan's SLO."""
+        with self.ui.step(f"{label} c={concurrency}", n) as advance:
+            result = await fixed_concurrency(target, concurrency, n, max_tokens, advance)
+        await target.close()
+        return summarise(result.records, result.duration, SLO(self.plan.slo_ttft_ms, self.plan.slo_tpot_ms))
+
+    async def warm_up(self, target: Target, max_tokens: int) -> None:
+        """A few requests first, so one-off costs (first compilation, caches) stay out of the figures."""
+        await self.run_fixed(target, 4, 8, max_tokens, f"{target.name} warm-up")
