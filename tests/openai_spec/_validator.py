@@ -31,7 +31,13 @@ def _as_json_schema(node: Any, component: str) -> Any:
         return [_as_json_schema(item, component) for item in node]
     if not isinstance(node, dict):
         return node
-    converted = {key: _as_json_schema(value, component) for key, value in node.items()}
+    converted = {
+        # under `properties` the keys are field names (a field may be called "nullable")
+        key: {name: _as_json_schema(s, component) for name, s in value.items()}
+        if key == "properties"
+        else _as_json_schema(value, component)
+        for key, value in node.items()
+    }
     if converted.get("$recursiveRef") == "#":
         # JSON Schema 2019-09 recursion: "#" is the schema that declares `$recursiveAnchor`,
         # which in OpenAI's generator was the component itself.
