@@ -8,7 +8,17 @@ from pathlib import Path
 import jinja2
 
 from benchmarks.report.plots import PLOTS
-from benchmarks.report.tables import CHECK_COLUMNS, SWEEP_COLUMNS, Result, check_rows, fmt, pair_rows, sweep_rows
+from benchmarks.report.tables import (
+    CHECK_COLUMNS,
+    FRONTEND_COLUMNS,
+    SWEEP_COLUMNS,
+    Result,
+    check_rows,
+    fmt,
+    frontend_rows,
+    pair_rows,
+    sweep_rows,
+)
 
 
 def _environment() -> jinja2.Environment:
@@ -58,6 +68,8 @@ def markdown(result: Result, plots: list[str]) -> str:
             sweep=sweep_rows(scenarios.get("1", {})),
             pair_rows=pair_rows,
             turns=_turn_rows(scenarios.get("4", {})),
+            frontend_columns=FRONTEND_COLUMNS,
+            frontend=frontend_rows(scenarios.get("7", {})),
             profile_rows=[[f"`{e['function']}`", f"{e['share']:.1%}"] for e in profile.get("top_self", [])],
         )
     )
