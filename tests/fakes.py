@@ -32,6 +32,7 @@ class FakeEngine:
         self.max_model_len = max_model_len
         self.token_delay = 0.0
         self.gate: asyncio.Event | None = None  # when set to an unset Event, generations wait on it
+        self.gate_after = 0  # ... after sending this many tokens (1: the stream has begun, its cookie is out)
         self.fail_after_tokens: int | None = None  # raise after this many tokens
         self.dead = False
         self.running: set[str] = set()
@@ -63,13 +64,15 @@ class FakeEngine:
         self.options.append(options)
         self.running.add(request_id)
         try:
-            if self.gate is not None:
-                await self.gate.wait()
             text = self.answer
             if options.ignore_eos:
                 text = (text * (options.max_tokens // max(len(text), 1) + 1))[: options.max_tokens]
             text = text[: options.max_tokens]
+            if self.gate is not None and not text:
+                await self.gate.wait()
             for i, ch in enumerate(text):
+                if self.gate is not None and i == self.gate_after:
+                    await self.gate.wait()
                 if self.fail_after_tokens is not None and i >= self.fail_after_tokens:
                     raise RuntimeError("fake engine failure")
                 if self.dead:
