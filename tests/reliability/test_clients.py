@@ -217,9 +217,9 @@ async def test_every_way_of_leaving_in_a_loop_leaks_nothing(gateway: Gateway, en
         f"\nclient departures: {len(expected)} requests ({n} rounds x {len(SCENARIOS)} moments) "
         f"in {time.monotonic() - started:.1f} s; callbacks {dict(figures)}; "
         f"leaked slots {load.running + load.waiting}, engine requests left {engine.num_unfinished()}, "
-        f"session locks left {len(gateway.store._locks)}"
+        f"session locks left {gateway.store.locks_held}"
     )
-    assert (load.running, load.waiting, engine.num_unfinished(), len(gateway.store._locks)) == (0, 0, 0, 0)
+    assert (load.running, load.waiting, engine.num_unfinished(), gateway.store.locks_held) == (0, 0, 0, 0)
 
 
 # --- a client that reads nothing ---------------------------------------------------------

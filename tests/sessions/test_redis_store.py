@@ -290,4 +290,4 @@ async def test_a_session_that_cannot_be_decoded_is_answered_as_a_fresh_one(
             assert r.status_code == 200 and r.json()["messages"] == []
         r = await client.post("/chat_stream", json={"user_input": "starting afresh"})
         assert r.status_code == 200 and "event: done" in r.text
-        assert [m["content"] for m in (await client.get("/get_prompt")).json()["messages"]][0] == "starting afresh"
+        assert (await client.get("/get_prompt")).json()["messages"][0]["content"] == "starting afresh"
