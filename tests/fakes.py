@@ -102,12 +102,17 @@ class FakeEngine:
 
 
 class PacedEngine:
-    """A real engine whose outputs reach the gateway no faster than one per `interval` seconds.
+    """A real engine whose tokens reach the gateway no faster than one per `interval` seconds.
 
     The tiny test model streams hundreds of tokens a second per user while vLLM's
     worker holds a core; a browser's renderer on the other core can then be starved
     and read a whole answer at once. Real models stream at tens of tokens a second
     per user: browser tests pace the real engine to that, so they see what users see.
+
+    The pace is per token, not per output: while this consumer sleeps, vLLM merges
+    the tokens that arrive into one output (DELTA), so pacing outputs let a loaded
+    machine's answer of 900 tokens end in a few seconds, too fast for a browser test
+    to see it streaming (issue 13, the intermittent page tests).
     """
 
     def __init__(self, engine: Engine, interval: float) -> None:
@@ -135,7 +140,7 @@ class PacedEngine:
         outputs = self._engine.generate(request_id, prompt_token_ids, options)
         try:
             async for output in outputs:
-                await asyncio.sleep(self.interval)
+                await asyncio.sleep(self.interval * max(1, output.num_new_tokens))
                 yield output
         finally:
             await outputs.aclose()

@@ -22,7 +22,7 @@ from gateway.sessions import SessionMiddleware, SessionStore
 from gateway.sessions.stores import MemoryStore
 from gateway.settings import Settings
 from tests.fakes import FakeEngine
-from tests.live import serve
+from tests.live import Handled, serve
 
 SECRET = "reliability-suite-signing-key-0123456789"
 SOAK = os.environ.get("CHATSTREAM_SOAK") == "1"
@@ -68,6 +68,7 @@ class Gateway:
     app: FastAPI
     chat: ChatStream
     callbacks: Callbacks
+    handled: Handled
 
     @property
     def store(self) -> MemoryStore:
@@ -110,8 +111,9 @@ async def running_gateway(
     """
     callbacks = Callbacks()
     app = create_app(settings or make_settings(), engine=engine, callback=callbacks, store=store)
-    async with serve(app, lifespan="off" if engine_started else "on") as url:
-        yield Gateway(url, app, app.state.chat_stream, callbacks)
+    handled = Handled(app)
+    async with serve(handled, lifespan="off" if engine_started else "on") as url:
+        yield Gateway(url, app, app.state.chat_stream, callbacks, handled)
 
 
 @dataclass
