@@ -68,9 +68,11 @@ class ChatTurn(Response):
                 prompt.add_user(body.user_input)
             options = chat.sampling_options(conversation.params, prompt.stop)
             rendered = await chat.render(prompt, core.engine.max_model_len - options.max_tokens)
-            # Stored, with its lock, from the start of the turn: a reload during the answer
-            # finds the session and shows the question; a second tab gets 409.
-            await conversation.save()
+            if conversation.new:
+                # Stored, with its lock, from the start of its first turn: a reload during the
+                # first answer finds the session (and shows the question); a second tab gets 409.
+                # A stored conversation has nothing to gain from a second write per turn.
+                await conversation.save()
         except BaseException as err:
             prompt.restore(snapshot)
             await _abandon(conversation)

@@ -72,7 +72,7 @@ class PersistentConversation:
         # writes back parameters saved meanwhile by /set_generation_params, nor the reverse.
         self._saved: dict[Part, Any] = {"prompt": prompt.to_dict(), "params": dict(self.params)}
         # Started by this request (not yet known to anyone else): dropped again if left empty.
-        self._created = created
+        self.new = self._created = created
         self._scope_state = scope_state
         self._owner = owner
         self._renewer = asyncio.create_task(handler._keep_lock(row.id, owner)) if owner is not None else None

@@ -31,6 +31,7 @@ class SessionConversation:
         # (session id, owner) of the generation lock held; the id is kept because
         # clear() renews the session id while the lock stays on the old one.
         self._lock = lock
+        self.new = context.created
         # What the store holds, so save() writes only what changed: the end of a turn
         # never writes back parameters /set_generation_params saved meanwhile, nor the reverse.
         self._saved_prompt = prompt.to_dict()
