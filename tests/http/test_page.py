@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +25,6 @@ from gateway.core.vllm_engine import VLLMEngine
 from tests.browser import DESKTOP, PHONE, launch_chromium
 from tests.fakes import FakeEngine, PacedEngine
 from tests.live import serve
-from tests.servers import RedisServer
 
 WAIT_MS = 120_000  # bound on every browser wait: the shared CPU is slow, never a timing assertion
 # Every wait goes through Playwright's selector engine (locators, `expect`): `wait_for_function`
@@ -308,16 +307,6 @@ async def test_a_full_queue_shows_the_busy_message_and_keeps_the_input(
         await answers_done(other, 1)
         assert await other.input_value("#input") == ""
         assert await other.is_hidden("#notice")
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize("store_kind", ["memory", "redis"])

@@ -229,13 +229,15 @@ async def test_a_flood_of_new_sessions_does_not_grow_memory_past_max_sessions() 
 async def test_a_conversation_forgets_its_oldest_turns_to_stay_within_max_session_bytes(engine: FakeEngine) -> None:
     # Regression (issue 13): a session was bounded by its count of messages only (up to ~16 MB each).
     store = MemoryStore(max_session_bytes=4096)
-    async with running_gateway(engine, make_settings(max_input_chars=1000), store=store) as gateway:
-        async with httpx.AsyncClient(base_url=gateway.url) as client:
-            for i in range(20):
-                r = await client.post("/chat_stream", json={"user_input": f"question {i} " + "é" * 300})
-                assert r.status_code == 200 and "event: done" in r.text
-                assert store.stored_bytes <= 4096
-            messages = (await client.get("/get_prompt")).json()["messages"]
+    async with (
+        running_gateway(engine, make_settings(max_input_chars=1000), store=store) as gateway,
+        httpx.AsyncClient(base_url=gateway.url) as client,
+    ):
+        for i in range(20):
+            r = await client.post("/chat_stream", json={"user_input": f"question {i} " + "é" * 300})
+            assert r.status_code == 200 and "event: done" in r.text
+            assert store.stored_bytes <= 4096
+        messages = (await client.get("/get_prompt")).json()["messages"]
     assert 2 <= len(messages) < 20
     assert messages[0]["role"] == "user"
     assert messages[-2]["content"].startswith("question 19 ") and messages[-1]["content"] == engine.answer
