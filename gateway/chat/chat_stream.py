@@ -220,7 +220,7 @@ class ChatStream:
     async def handle_clear_context_request(self, request: Request) -> Response:
         """Forget the conversation (409 while a generation runs in it)."""
         try:
-            conversation = await self.open_conversation(request, lock=True)
+            conversation = await self.conversations.open(request, lock=True)
             try:
                 await conversation.clear()
             finally:
