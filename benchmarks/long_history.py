@@ -124,14 +124,19 @@ async def run(args: argparse.Namespace) -> int:
         "runs": {},
     }
     model = str(Path(args.model).resolve())
+    # Rounds alternate the trees (before, after, after, before, ...): a machine whose load drifts
+    # during the run weighs on both alike.
+    order = [label for i in range(args.rounds) for label in (list(trees) if i % 2 == 0 else list(trees)[::-1])]
     with UI(enabled=not args.no_progress) as ui:
-        for label, tree in trees.items():
+        for i, label in enumerate(order):
+            tree = trees[label]
+            name = f"{label}-{i // 2 + 1}" if args.rounds > 1 else label
             flags = peers.GatewayFlags(concurrency=args.streams + 8, max_new_tokens=args.stream_tokens)
             command = gateway_command(model, flags, args.max_model_len, 2 * args.turns + 2)
             env = {**peers.peer_env(), "PYTHONPATH": str(tree)}
-            with peers.running(f"gateway-{label}", command, flags.port, out / "logs", env, cwd=tree) as server:
-                ui.note(f"{label}: {tree} at {server.url}")
-                results["runs"][label] = await measure(server.url, args, ui, label)
+            with peers.running(f"gateway-{name}", command, flags.port, out / "logs", env, cwd=tree) as server:
+                ui.note(f"{name}: {tree} at {server.url}")
+                results["runs"][name] = await measure(server.url, args, ui, name)
     results["load_average_end"] = list(os.getloadavg())
     (out / "long_history.json").write_text(json.dumps(results, indent=2) + "\n")
     rows = []
@@ -166,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-model-len", type=int, default=1024, help="context length served [1024]")
     parser.add_argument("--warm-up", type=float, default=5.0, help="seconds the streams run first [5]")
     parser.add_argument("--alone", type=float, default=15.0, help="seconds the streams run alone after [15]")
+    parser.add_argument("--rounds", type=int, default=1, help="measurements of each tree, alternating [1]")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
