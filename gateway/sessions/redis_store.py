@@ -75,7 +75,7 @@ if redis.call('PEXPIRE', key, ttl) == 1 then redis.call('ZADD', index, now, sid)
 -- Entries older than the idle timeout are sessions Redis has expired already.
 redis.call('ZREMRANGEBYSCORE', index, '-inf', string.format('(%d', now - ttl * 1000))
 local excess = redis.call('ZCARD', index) - max_sessions
--- The least recently used go first; never the session being saved (others may share its millisecond).
+-- The least recently used go first, never the session being saved.
 for _, old in ipairs(excess > 0 and redis.call('ZRANGE', index, 0, excess) or {}) do
   if excess > 0 and old ~= sid then
     redis.call('DEL', prefix .. old)
