@@ -33,12 +33,36 @@ logger = logging.getLogger(__name__)
 
 
 def make_store(config: Config) -> SessionStore:
-    """The session store `config.session_store` names: 'memory' or a redis:// URL."""
+    """The session store `config.session_store` names: 'memory' or a redis:// URL, with its bounds."""
     if config.session_store == "memory":
-        return MemoryStore(idle_timeout=config.session_idle_timeout, max_sessions=config.max_sessions)
+        return MemoryStore(
+            idle_timeout=config.session_idle_timeout,
+            max_sessions=config.max_sessions,
+            max_session_bytes=config.max_session_bytes,
+            max_bytes=config.max_store_bytes,
+        )
     if config.session_store.startswith(("redis://", "rediss://", "unix://")):
-        return RedisStore.from_url(config.session_store, idle_timeout=config.session_idle_timeout)
+        return RedisStore.from_url(
+            config.session_store,
+            idle_timeout=config.session_idle_timeout,
+            max_sessions=config.max_sessions,
+            max_session_bytes=config.max_session_bytes,
+        )
     raise ValueError(f"unknown session store {config.session_store!r}: use 'memory' or a redis:// URL")
+
+
+async def check_store(store: SessionStore) -> None:
+    """Fail the start, with a clear message, when the session store cannot be reached.
+
+    Otherwise a wrong `--session-store` would only show as a 503 on every request.
+    (Once running, an outage is answered with 503s and the store reconnects by itself.)
+    """
+    try:
+        await store.ping()
+    except Exception as exc:
+        message = f"the session store cannot be reached ({type(exc).__name__}: {exc}): check --session-store"
+        logger.error("%s", message)
+        raise RuntimeError(message) from exc
 
 
 def make_chat_stream(config: Config, engine: Engine | None = None) -> ChatStream:
@@ -58,19 +82,23 @@ def create_app(
     engine: Engine | None = None,
     chat_stream: ChatStream | None = None,
     callback: CompletionCallback | None = None,
+    store: SessionStore | None = None,
 ) -> FastAPI:
     """The whole gateway: `/chat_stream` and its helpers, the OpenAI routes, health and metrics.
 
     A given `chat_stream` brings its own core (engine, admission, generation
     settings); `config` then governs the rest (sessions, keys, the page).
+    A given `store` replaces the one `config.session_store` names.
+    Configuration errors raise ValueError here, not on the first request.
     """
     config = config or Settings()
     chat = chat_stream or make_chat_stream(config, engine)
     core = chat.core
-    store = make_store(config)
+    store = make_store(config) if store is None else store
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await check_store(store)  # before the engine: a wrong store fails the start in a second
         async with core.lifespan(app):
             try:
                 yield
@@ -157,4 +185,8 @@ def create_app(
     add_cors(app, config)
     # Outside even CORS, so every response (preflights included) carries X-Request-Id.
     app.add_middleware(AccessLogMiddleware)
+    # Starlette builds the middleware stack on the first request: a middleware that refuses
+    # its settings (a short session secret) would then answer 500 to every request. Build
+    # it once now, so the error comes from create_app; the app builds its own on start.
+    app.build_middleware_stack()
     return app

@@ -63,7 +63,11 @@ def serve(settings: Settings) -> None:
     if settings.model is None and not is_model_dir(settings.tiny_model_dir):
         logging.getLogger(__name__).info("building the tiny offline model in %s", settings.tiny_model_dir)
         build_tiny_model(settings.tiny_model_dir)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ValueError as err:  # a setting that only the files or the middleware could check
+        print(f"chatstream-gateway: error: {err}", file=sys.stderr)
+        sys.exit(2)
     # SIGTERM drains first (gateway.drain); what is still running after
     # drain_timeout gets a few more seconds before uvicorn cancels it.
     # access_log=False: the gateway writes its own one line per request (gateway/access_log.py).
@@ -74,6 +78,9 @@ def serve(settings: Settings) -> None:
         log_level=settings.log_level,
         timeout_graceful_shutdown=5,
         access_log=False,
+        # "auto" would serve on after a failed start (a store that cannot be reached), answering
+        # every request with 500: "on" stops the server with the start-up error instead.
+        lifespan="on",
     )
     core = app.state.core
     watched = core.engine if settings.exit_on_engine_death else None

@@ -17,8 +17,12 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1 << 20
+# A shorter signing key is guessable; the middleware refuses it too.
+MIN_SECRET_CHARS = 16
 
 
 def default_tiny_model_dir() -> Path:
@@ -88,7 +92,15 @@ class Config(BaseModel):
     session_secret_file: Path | None = Field(None, description="file with one signing key per line, newest first")
     session_store: str = Field("memory", description="'memory' or a redis:// URL")
     session_idle_timeout: float = Field(3600.0, gt=0, description="seconds an unused session lives")
-    max_sessions: int = Field(10_000, ge=1, description="sessions kept in memory (least recently used dropped)")
+    max_sessions: int = Field(
+        10_000, ge=1, description="sessions kept, in memory or in Redis (least recently used dropped)"
+    )
+    max_session_bytes: int = Field(
+        MiB, ge=4096, description="bytes one session may take (a conversation forgets its oldest turns to fit)"
+    )
+    max_store_bytes: int = Field(
+        256 * MiB, ge=4096, description="bytes all sessions may take in memory (least recently used dropped)"
+    )
     secure_cookies: bool = Field(True, description="send the session cookie over HTTPS only")
     cookie_name: str = Field("chatstream_session", description="session cookie name")
     conversation_db: str | None = Field(
@@ -103,6 +115,28 @@ class Config(BaseModel):
     cors_origin: list[str] = Field(
         default_factory=list, description="origins allowed to call the API from a browser (repeatable)"
     )
+
+    @field_validator("session_store")
+    @classmethod
+    def _check_session_store(cls, value: str) -> str:
+        if value != "memory" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("session_store must be 'memory' or a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("session_secret")
+    @classmethod
+    def _check_session_secrets(cls, value: list[SecretStr]) -> list[SecretStr]:
+        if any(len(secret.get_secret_value()) < MIN_SECRET_CHARS for secret in value):
+            raise ValueError(f"session_secret: every key must be at least {MIN_SECRET_CHARS} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _check_together(self) -> Config:
+        if self.max_session_bytes > self.max_store_bytes:
+            raise ValueError("max_session_bytes must not be larger than max_store_bytes")
+        if self.conversation_db is not None and self.users_file is None:
+            raise ValueError("conversation_db needs users_file (lines of 'API_KEY USER_ID')")
+        return self
 
     @field_validator("engine_arg")
     @classmethod

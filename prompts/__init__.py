@@ -8,20 +8,24 @@ from prompts.formats import (
     Llama2Format,
     PromptFormat,
     TemplateFormat,
+    TemplateRejected,
     Tokenizer,
     VicunaFormat,
     get_format,
 )
+from prompts.token_counts import CountingTokenizer
 
 __all__ = [
     "FORMATS",
     "ChatMLFormat",
     "ChatPrompt",
+    "CountingTokenizer",
     "FormatName",
     "Llama2Format",
     "PromptFormat",
     "RenderedPrompt",
     "TemplateFormat",
+    "TemplateRejected",
     "Tokenizer",
     "TurnTooLong",
     "VicunaFormat",

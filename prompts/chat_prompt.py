@@ -7,17 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from prompts.formats import FormatName, PromptFormat, Role, Tokenizer, get_format
+from prompts.token_counts import CountingTokenizer
 
 _ROLES: frozenset[str] = frozenset({"system", "user", "assistant"})
-
-
-class TurnTooLong(ValueError):
-    """The system prompt plus the newest user turn alone exceed the token budget."""
-
-    def __init__(self, needed: int, budget: int) -> None:
-        super().__init__(f"the message needs {needed} tokens but the model accepts at most {budget}")
-        self.needed = needed
-        self.budget = budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +19,19 @@ class RenderedPrompt:
     text: str
     token_ids: list[int]
     dropped_messages: int
+
+
+class TurnTooLong(ValueError):
+    """The system prompt plus the newest user turn alone exceed the token budget.
+
+    `newest` is that smallest window, rendered anyway (to show it, not to run it).
+    """
+
+    def __init__(self, needed: int, budget: int, newest: RenderedPrompt | None = None) -> None:
+        super().__init__(f"the message needs {needed} tokens but the model accepts at most {budget}")
+        self.needed = needed
+        self.budget = budget
+        self.newest = newest
 
 
 class ChatPrompt:
@@ -118,31 +123,76 @@ class ChatPrompt:
 
         Drops the oldest messages (never the system prompt, never the newest
         turn) until it fits; raises TurnTooLong when even that is too long.
+        Only windows near the one that fits are rendered: the size of every
+        wider one is estimated from per-message token counts (remembered
+        across turns when the tokenizer is a `CountingTokenizer`), then the
+        choice is checked by rendering exactly.
         """
         tokenizer = self._require_tokenizer()
-        text = self._render_text(0)
-        ids = tokenizer.encode(text)
-        if len(ids) <= budget:
-            return RenderedPrompt(text, ids, 0)
-        # Drop whole turns (a cut starts at a user message: templates may reject a
-        # conversation that opens with an answer). Rendering shrinks as the cut moves
-        # later, so search for the earliest cut that fits.
-        cuts = [i for i, m in enumerate(self.messages) if m["role"] == "user" and i > 0]
-        low, high = 0, len(cuts) - 1
-        best: RenderedPrompt | None = None
-        while low <= high:
+        counter = tokenizer if isinstance(tokenizer, CountingTokenizer) else CountingTokenizer(tokenizer)
+        # Where a window may start: the whole conversation, or a user turn (templates may
+        # reject a conversation that opens with an answer). Later starts render shorter.
+        starts = [0] + [i for i, m in enumerate(self.messages) if m["role"] == "user" and i > 0]
+        tried: dict[int, RenderedPrompt] = {}
+
+        def attempt(j: int) -> RenderedPrompt:
+            if j not in tried:
+                text = self._render_text(starts[j])
+                tried[j] = RenderedPrompt(text, tokenizer.encode(text), starts[j])
+            return tried[j]
+
+        def fits(j: int) -> bool:
+            return len(attempt(j).token_ids) <= budget
+
+        # suffix[i]: the tokens of messages i.. on their own, without the format's markup.
+        suffix = [0] * (len(self.messages) + 1)
+        for i in range(len(self.messages) - 1, -1, -1):
+            suffix[i] = suffix[i + 1] + counter.count(self.messages[i]["content"])
+        system = counter.count(self.system) if self.system else 0
+        if system + suffix[0] <= budget and fits(0):  # the common case: everything fits, one render
+            return attempt(0)
+        last = len(starts) - 1
+        if not fits(last):
+            newest = attempt(last)
+            raise TurnTooLong(len(newest.token_ids), budget, newest)
+        if last == 0:
+            return attempt(0)
+        # The markup each message adds, learnt from the newest window; then the earliest
+        # start whose estimate fits, checked exactly, and corrected by galloping if the
+        # estimate was off (the exact answer is the earliest start that fits).
+        known = attempt(last)
+        start_last = starts[last]
+        markup = max(0.0, (len(known.token_ids) - system - suffix[start_last]) / (len(self.messages) - start_last + 1))
+
+        def estimate(j: int) -> float:
+            return len(known.token_ids) + suffix[starts[j]] - suffix[start_last] + markup * (start_last - starts[j])
+
+        guess = next(j for j in range(last + 1) if estimate(j) <= budget)
+        low, high = 0, last  # the answer is in [low, high]; `high` fits
+        step = 1
+        if fits(guess):
+            high = guess
+            while high > low:
+                probe = max(low, high - step)
+                if not fits(probe):
+                    low = probe + 1
+                    break
+                high, step = probe, step * 2
+        else:
+            low = guess + 1
+            while low < high:
+                probe = min(high, low + step - 1)
+                if fits(probe):
+                    high = probe
+                    break
+                low, step = probe + 1, step * 2
+        while low < high:
             mid = (low + high) // 2
-            mid_text = self._render_text(cuts[mid])
-            mid_ids = tokenizer.encode(mid_text)
-            if len(mid_ids) <= budget:
-                best, high = RenderedPrompt(mid_text, mid_ids, cuts[mid]), mid - 1
+            if fits(mid):
+                high = mid
             else:
                 low = mid + 1
-        if best is None:
-            newest = cuts[-1] if cuts else 0
-            needed = len(tokenizer.encode(self._render_text(newest)))
-            raise TurnTooLong(needed, budget)
-        return best
+        return attempt(high)
 
     def _render_text(self, start: int) -> str:
         messages = self.to_messages(start)

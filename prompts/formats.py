@@ -45,6 +45,13 @@ class FormatNeedsTokenizer(RuntimeError):
     """The `template` format was asked to render before a tokenizer was bound."""
 
 
+class TemplateRejected(ValueError):
+    """The model's chat template refused the conversation (a system prompt it does not take, turns out of order).
+
+    The message names only the kind of error: a template's own text may quote the conversation.
+    """
+
+
 @dataclass(frozen=True)
 class TemplateFormat:
     """The model's own chat template; needs the model's tokenizer."""
@@ -61,7 +68,11 @@ class TemplateFormat:
             return ""
         if tokenizer is None:
             raise FormatNeedsTokenizer("the 'template' prompt format needs a tokenizer: call ChatPrompt.bind()")
-        return tokenizer.render_chat(messages, add_generation_prompt)
+        try:
+            return tokenizer.render_chat(messages, add_generation_prompt)
+        except Exception as exc:  # jinja2's TemplateError from `raise_exception(...)`, or whatever the template hit
+            kind = type(exc).__name__
+            raise TemplateRejected(f"the model's chat template refused the conversation ({kind})") from exc
 
 
 @dataclass(frozen=True)

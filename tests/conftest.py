@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.core.vllm_engine import VLLMEngine
 from tests.fakes import FakeEngine
+from tests.servers import RedisServer
 
 
 @pytest.fixture
@@ -37,3 +38,14 @@ async def real_engine(tiny_model_dir: Path) -> AsyncIterator[VLLMEngine]:
         yield engine
     finally:
         await engine.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on loopback, for the tests of one module."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

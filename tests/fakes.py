@@ -32,6 +32,7 @@ class FakeEngine:
         self.max_model_len = max_model_len
         self.token_delay = 0.0
         self.gate: asyncio.Event | None = None  # when set to an unset Event, generations wait on it
+        self.gate_after = 0  # ... after sending this many tokens (1: the stream has begun, its cookie is out)
         self.fail_after_tokens: int | None = None  # raise after this many tokens
         self.dead = False
         self.running: set[str] = set()
@@ -63,13 +64,15 @@ class FakeEngine:
         self.options.append(options)
         self.running.add(request_id)
         try:
-            if self.gate is not None:
-                await self.gate.wait()
             text = self.answer
             if options.ignore_eos:
                 text = (text * (options.max_tokens // max(len(text), 1) + 1))[: options.max_tokens]
             text = text[: options.max_tokens]
+            if self.gate is not None and not text:
+                await self.gate.wait()
             for i, ch in enumerate(text):
+                if self.gate is not None and i == self.gate_after:
+                    await self.gate.wait()
                 if self.fail_after_tokens is not None and i >= self.fail_after_tokens:
                     raise RuntimeError("fake engine failure")
                 if self.dead:
@@ -99,12 +102,17 @@ class FakeEngine:
 
 
 class PacedEngine:
-    """A real engine whose outputs reach the gateway no faster than one per `interval` seconds.
+    """A real engine whose tokens reach the gateway no faster than one per `interval` seconds.
 
     The tiny test model streams hundreds of tokens a second per user while vLLM's
     worker holds a core; a browser's renderer on the other core can then be starved
     and read a whole answer at once. Real models stream at tens of tokens a second
     per user: browser tests pace the real engine to that, so they see what users see.
+
+    The pace is per token, not per output: while this consumer sleeps, vLLM merges
+    the tokens that arrive into one output (DELTA), so pacing outputs let a loaded
+    machine's answer of 900 tokens end in a few seconds, too fast for a browser test
+    to see it streaming (issue 13, the intermittent page tests).
     """
 
     def __init__(self, engine: Engine, interval: float) -> None:
@@ -132,7 +140,7 @@ class PacedEngine:
         outputs = self._engine.generate(request_id, prompt_token_ids, options)
         try:
             async for output in outputs:
-                await asyncio.sleep(self.interval)
+                await asyncio.sleep(self.interval * max(1, output.num_new_tokens))
                 yield output
         finally:
             await outputs.aclose()

@@ -14,13 +14,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
 
 from gateway import CompletionState, Engine, Settings, create_app
-from tests.live import serve
+from tests.live import Handled, serve
 
 
 @dataclass
 class Gateway:
     url: str
     app: FastAPI
+    handled: Handled
     states: list[CompletionState] = field(default_factory=list)
 
     async def wait_states(self, count: int) -> list[CompletionState]:
@@ -45,8 +46,9 @@ async def running_gateway(
         states.append(state)
 
     app = create_app(Settings(secure_cookies=False, **settings), engine=engine, callback=record)
-    async with serve(app, lifespan=lifespan) as url:
-        yield Gateway(url, app, states)
+    handled = Handled(app)
+    async with serve(handled, lifespan=lifespan) as url:
+        yield Gateway(url, app, handled, states)
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 
 def free_port() -> int:
@@ -40,3 +40,36 @@ async def serve(app: ASGIApp, port: int | None = None, lifespan: str = "on") -> 
         server.should_exit = True
         async with asyncio.timeout(30):
             await task
+
+
+class Handled:
+    """An ASGI app wrapped to know which HTTP requests it has finished handling.
+
+    A completion callback fires inside the app's call, so once a request is handled
+    to its end, a callback that has not come never will: tests wait for this
+    instead of sleeping "long enough" before checking that something did not happen.
+    Requests are named by their `X-Test-Id` header.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.started = 0
+        self.finished = 0
+        self.finished_ids: set[str] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.started += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.finished += 1
+            self.finished_ids.update(v.decode() for k, v in scope["headers"] if k == b"x-test-id")
+
+    async def wait_handled(self, *test_ids: str, timeout: float = 30) -> None:
+        """Until every request begun has been handled to its end, each of `test_ids` among them."""
+        async with asyncio.timeout(timeout):
+            while self.finished < self.started or not set(test_ids) <= self.finished_ids:
+                await asyncio.sleep(0.005)

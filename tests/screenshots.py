@@ -42,6 +42,7 @@ async def capture(out: Path) -> list[Path]:
             context = await browser.new_context(viewport=viewport, device_scale_factor=scale)
             page = await context.new_page()
             await page.goto(url)
+            await page.wait_for_selector("#conversation[data-loaded]")  # the page sends once it has drawn it
             await page.fill("#input", QUESTION)
             await page.press("#input", "Enter")
             await page.wait_for_selector("article.msg.assistant[data-state='done']", timeout=60_000)

@@ -10,13 +10,16 @@ from pathlib import Path
 import pytest
 
 from gateway import Settings, cli
+from tests.live import free_port
 
 COMMAND = Path(sys.executable).parent / "chatstream-gateway"
 
 
-def run_command(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_command(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(COMMAND), *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
+        [str(COMMAND), *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
     )
 
 
@@ -81,6 +84,11 @@ def test_no_flags_and_no_environment_give_the_defaults(served: list[Settings]) -
         pytest.param(["--prompt-format", "alpaca"], id="unknown-format"),
         pytest.param(["--top-p", "1.5"], id="out-of-range"),
         pytest.param(["--engine-arg", "no-equals-sign"], id="engine-arg-without-value"),
+        # Regression (issue 13): these were found on the first request, then answered 500 to every one.
+        pytest.param(["--session-secret", "too-short"], id="short-session-secret"),
+        pytest.param(["--session-store", "memcached://cache:11211"], id="unknown-session-store"),
+        pytest.param(["--conversation-db", "sqlite:///c.db"], id="conversation-db-without-users"),
+        pytest.param(["--max-session-bytes", str(2**30)], id="session-larger-than-the-store"),
     ],
 )
 def test_a_bad_setting_is_a_usage_error_before_anything_starts(
@@ -111,3 +119,21 @@ def test_make_tiny_model_is_deterministic(tmp_path: Path, tiny_model_dir: Path) 
     assert Path(result.stdout.strip()) == tmp_path / "tiny"
     for name in ("tokenizer.json", "model.safetensors", "config.json"):
         assert (tmp_path / "tiny" / name).read_bytes() == (tiny_model_dir / name).read_bytes(), name
+
+
+def test_a_session_store_that_cannot_be_reached_stops_the_start_with_a_clear_message(tiny_model_dir: Path) -> None:
+    # Regression (issue 13): the server started and answered every request with an error instead.
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    result = run_command("serve", "--model", str(tiny_model_dir), "--session-store", closed, "--port", "0", timeout=60)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "the session store cannot be reached" in result.stderr
+    assert "engine ready" not in result.stderr  # it fails before the engine is started
+
+
+def test_a_setting_only_a_file_can_break_is_an_error_before_serving(tmp_path: Path) -> None:
+    secret_file = tmp_path / "session-secret"
+    secret_file.write_text("short\n")
+    result = run_command("serve", "--session-secret-file", str(secret_file), timeout=60)
+    assert result.returncode == 2
+    assert "chatstream-gateway: error:" in result.stderr and "at least 16 characters" in result.stderr
+    assert "Traceback" not in result.stderr

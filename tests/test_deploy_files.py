@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import subprocess
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
-from tests.servers import nginx_test, render_nginx_conf
+from tests.fakes import FakeEngine
+from tests.gateway_app import running_gateway
+from tests.servers import Nginx, nginx_test, render_nginx_conf
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -150,3 +156,24 @@ def test_every_shell_script_passes_shellcheck(tmp_path: Path) -> None:
     assert any(s.name == "install.sh" for s in scripts)
     result = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout
+
+
+async def test_the_nginx_config_refuses_a_flood_from_one_client_with_429(tmp_path: Path) -> None:
+    # Issue 13: nothing in front of the gateway limited what one client could send (sessions, generations).
+    async with running_gateway(FakeEngine()) as gateway:
+        port = int(gateway.url.rsplit(":", 1)[1])
+        nginx = Nginx(tmp_path, [port])
+        nginx.start()
+        try:
+            async with httpx.AsyncClient(base_url=nginx.url, timeout=30) as client:
+                started = time.monotonic()
+                answers = await asyncio.gather(*(client.get("/get_load") for _ in range(200)))
+                elapsed = time.monotonic() - started
+            await gateway.handled.wait_handled()
+        finally:
+            nginx.stop()
+    statuses = Counter(r.status_code for r in answers)
+    assert set(statuses) == {200, 429}, statuses
+    # Let through: the burst (40) and the first, and what the rate (20/s) adds while the flood lasts.
+    assert statuses[200] <= 41 + 20 * elapsed + 1, (statuses, elapsed)
+    assert gateway.handled.finished == statuses[200]  # the refused ones never reached the replica

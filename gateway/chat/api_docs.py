@@ -25,9 +25,11 @@ _ERROR_SCHEMA: dict[str, Any] = {
 }
 
 _ERRORS = {
-    400: "the body is not valid JSON, or the request makes no sense (empty or too long input)",
+    400: "the body is not valid JSON, or the request makes no sense (empty or too long input, a conversation "
+    "the model's chat template refuses)",
     409: "a generation is already running in this session",
     413: "the body is larger than the limit",
+    415: "the body is declared as something other than JSON (send Content-Type: application/json)",
     422: "the body does not match the schema",
     429: "the admission queue is full (see Retry-After)",
     503: "the engine is not ready, the gateway is draining, the queue wait timed out or the session store is down",
@@ -67,13 +69,13 @@ CHAT_STREAM: dict[str, Any] = {
             "description": "Server-Sent Events: `delta`, then `done` or `error`",
             "content": {"text/event-stream": {"schema": _SSE_EVENT}},
         },
-        **_errors(400, 409, 413, 422, 429, 503),
+        **_errors(400, 409, 413, 415, 422, 429, 503),
     },
 }
 
 SET_GENERATION_PARAMS: dict[str, Any] = {
     "openapi_extra": _body(GenerationParams),
-    "responses": {200: _json(_PARAMS_SCHEMA, "the session's parameters"), **_errors(400, 413, 422, 503)},
+    "responses": {200: _json(_PARAMS_SCHEMA, "the session's parameters"), **_errors(400, 413, 415, 422, 503)},
 }
 
 GET_GENERATION_PARAMS: dict[str, Any] = {
@@ -101,7 +103,7 @@ GET_PROMPT: dict[str, Any] = {
             },
             "the conversation",
         ),
-        **_errors(503),
+        **_errors(400, 503),
     },
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypedDict, Unpack
@@ -22,10 +23,10 @@ from gateway.chat.schema import ChatStreamBody, GenerationParams, describe_valid
 from gateway.chat.turn import ROUTE, ChatTurn
 from gateway.conversations import Conversation, ConversationHandler, SessionConversations
 from gateway.core import AdmissionController, CompletionCallback, Core, Engine, Metrics, SamplingOptions
-from gateway.core.errors import BadChatRequest, GatewayError, InvalidBody, error_response
-from gateway.http.limits import read_body
+from gateway.core.errors import BadChatRequest, EngineUnavailable, GatewayError, InvalidBody, error_response
+from gateway.http.limits import read_body, require_json
 from gateway.settings import Config
-from prompts import ChatPrompt, FormatName
+from prompts import ChatPrompt, CountingTokenizer, FormatName, RenderedPrompt, TemplateRejected, TurnTooLong
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class ChatStream:
         self.core = core
         self.chat_prompt_clazz = chat_prompt_clazz
         self.conversations: ConversationHandler = conversations or SessionConversations(self.new_prompt)
+        self._tokenizer: CountingTokenizer | None = None
         c = core.config
         self.default_params = GenerationParams(
             temperature=c.temperature,
@@ -138,6 +140,7 @@ class ChatStream:
         Pass `request_body` when the endpoint has already read the body.
         `callback(request, message)` runs once when an admitted stream ends.
         """
+        arrived_at = time.monotonic()  # time to first token counts from here: body, session and render included
         try:
             body = ChatStreamBody.model_validate(await self._read_json(request, request_body))
         except ValidationError as err:
@@ -150,7 +153,7 @@ class ChatStream:
             limit = self.config.max_input_chars
             if len(body.user_input) > limit:
                 return self.refuse(BadChatRequest(f"user_input is longer than {limit} characters", param="user_input"))
-        return ChatTurn(self, request, body, callback)
+        return ChatTurn(self, request, body, callback, arrived_at)
 
     def refuse(self, err: GatewayError) -> Response:
         """The JSON answer to a request refused before the queue, counted in the metrics."""
@@ -158,6 +161,7 @@ class ChatStream:
         return error_response(err)
 
     async def _read_json(self, request: Request, request_body: bytes | str | None) -> Any:
+        require_json(request.headers)
         if request_body is None:
             request_body = await read_body(request, self.config.max_body_bytes)
         try:
@@ -177,17 +181,46 @@ class ChatStream:
             ignore_eos=self.config.ignore_eos,
         )
 
+    def tokenizer(self) -> CountingTokenizer:
+        """The engine's tokenizer, remembering each message's token count; 503 until the engine has started."""
+        try:
+            engine_tokenizer = self.engine.tokenizer
+        except Exception:
+            raise EngineUnavailable("the engine is not available", retry_after=5) from None
+        if self._tokenizer is None or self._tokenizer.tokenizer is not engine_tokenizer:
+            self._tokenizer = CountingTokenizer(engine_tokenizer)
+        return self._tokenizer
+
     async def open_conversation(self, request: Request, *, lock: bool) -> Conversation:
+        """The request's conversation, bound to the tokenizer; with `lock`, its generation lock held."""
+        tokenizer = self.tokenizer()
         conversation = await self.conversations.open(request, lock=lock)
-        conversation.prompt.bind(self.engine.tokenizer)
+        try:
+            conversation.prompt.bind(tokenizer)
+        except BaseException:
+            await conversation.close()
+            raise
         return conversation
+
+    async def render(self, prompt: ChatPrompt, budget: int) -> RenderedPrompt:
+        """The window of `prompt` the engine gets, rendered off the event loop; a refusal is a BadChatRequest."""
+        try:
+            return await self.core.offload(prompt.render, budget)
+        except TurnTooLong as err:
+            raise BadChatRequest(f"{err}; shorten the message", param="user_input") from None
+        except TemplateRejected as err:
+            raise _template_refusal(err) from None
+
+    def budget(self, params: Mapping[str, Any]) -> int:
+        """Prompt tokens the context leaves beside an answer of the session's `max_new_tokens`."""
+        return self.engine.max_model_len - self.sampling_options(params, ()).max_tokens
 
     # --- the helpers ------------------------------------------------------------------------
 
     async def handle_clear_context_request(self, request: Request) -> Response:
         """Forget the conversation (409 while a generation runs in it)."""
         try:
-            conversation = await self.open_conversation(request, lock=True)
+            conversation = await self.conversations.open(request, lock=True)
             try:
                 await conversation.clear()
             finally:
@@ -197,18 +230,24 @@ class ChatStream:
         return JSONResponse({"cleared": True})
 
     async def handle_get_prompt_request(self, request: Request) -> Response:
-        """The conversation: its turns and the prompt text the model would see."""
+        """The conversation: its turns, and the prompt text the model would see (the newest turns that fit)."""
         try:
             conversation = await self.open_conversation(request, lock=False)
+            prompt = conversation.prompt
+            try:
+                text = (await self.core.offload(prompt.render, self.budget(conversation.params))).text
+            except TurnTooLong as err:  # the newest exchange alone is over the budget: show it anyway
+                text = err.newest.text if err.newest is not None else ""
+            except TemplateRejected as err:
+                raise _template_refusal(err) from None
         except GatewayError as err:
             return error_response(err)
-        prompt = conversation.prompt
-        return JSONResponse({"prompt": prompt.create_prompt(), "system": prompt.system, "messages": prompt.messages})
+        return JSONResponse({"prompt": text, "system": prompt.system, "messages": prompt.messages})
 
     async def handle_get_generation_params_request(self, request: Request) -> Response:
         """The session's generation parameters, with the server's defaults filled in."""
         try:
-            conversation = await self.open_conversation(request, lock=False)
+            conversation = await self.conversations.open(request, lock=False)
         except GatewayError as err:
             return error_response(err)
         return JSONResponse(self._effective_params(conversation.params))
@@ -222,7 +261,7 @@ class ChatStream:
             limit = self.config.max_new_tokens
             if update.max_new_tokens is not None and update.max_new_tokens > limit:
                 raise InvalidBody(f"max_new_tokens: must be at most {limit}", param="max_new_tokens")
-            conversation = await self.open_conversation(request, lock=False)
+            conversation = await self.conversations.open(request, lock=False)
             conversation.params.update(update.model_dump(exclude_unset=True))
             await conversation.save()
         except ValidationError as err:
@@ -251,3 +290,11 @@ class ChatStream:
                 "queue_size": load.queue_size,
             }
         )
+
+
+def _template_refusal(err: TemplateRejected) -> BadChatRequest:
+    logger.info("%s", err)
+    return BadChatRequest(
+        "the model's chat template does not accept this conversation (some models take no system prompt)",
+        param="user_input",
+    )

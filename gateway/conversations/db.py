@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 DeleteResult = Literal["deleted", "missing", "busy"]
+# What a save writes: the conversation (prompt, title, turns) and its generation parameters.
+Part = Literal["prompt", "params"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +49,13 @@ class ConversationDB(Protocol):
         """A new conversation, locked by `owner` when given."""
         ...
 
-    async def save(self, user: str, row: StoredConversation) -> None:
-        """Write the prompt, params, title and turns (creating the row if new)."""
+    async def save(self, user: str, row: StoredConversation, parts: Collection[Part]) -> None:
+        """Write the `parts` of `row` that changed (creating the row, whole, if new); the rest stays as stored."""
         ...
 
-    async def delete(self, user: str, cid: str) -> DeleteResult: ...
+    async def delete(self, user: str, cid: str, owner: str | None = None) -> DeleteResult:
+        """Forget a conversation unless a generation holds it (other than `owner`'s)."""
+        ...
 
     async def try_lock(self, user: str, cid: str, owner: str, ttl: float) -> bool: ...
 
@@ -71,6 +76,20 @@ def open_db(url: str) -> ConversationDB:
 
 
 _COLUMNS = "id, title, turns, created_at, updated_at, prompt, params"
+_PART_COLUMNS: dict[Part, tuple[str, ...]] = {"prompt": ("title", "turns", "prompt"), "params": ("params",)}
+
+
+def _upsert(parts: Collection[Part], placeholders: str) -> str:
+    """INSERT a whole row, or UPDATE only the columns of `parts` (and updated_at) of the user's existing row."""
+    columns = ["updated_at", *(column for part in sorted(parts) for column in _PART_COLUMNS[part])]
+    return (
+        "INSERT INTO conversations (id, user_id, title, turns, created_at, updated_at, prompt, params)"
+        f" VALUES ({placeholders}) ON CONFLICT (id) DO UPDATE SET "
+        + ", ".join(f"{column} = excluded.{column}" for column in columns)
+        + " WHERE conversations.user_id = excluded.user_id"
+    )
+
+
 _LIST_COLUMNS = "id, title, turns, created_at, updated_at"
 
 _SQLITE_SCHEMA = """
@@ -140,21 +159,17 @@ class SQLiteDB:
             expires,
         )
 
-    async def save(self, user: str, row: StoredConversation) -> None:
-        await self._write(
-            "INSERT INTO conversations (id, user_id, title, turns, created_at, updated_at, prompt, params)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET title = excluded.title,"
-            " turns = excluded.turns, updated_at = excluded.updated_at, prompt = excluded.prompt,"
-            " params = excluded.params WHERE conversations.user_id = excluded.user_id",
-            *row.columns(user),
-        )
+    async def save(self, user: str, row: StoredConversation, parts: Collection[Part]) -> None:
+        await self._write(_upsert(parts, "?, ?, ?, ?, ?, ?, ?, ?"), *row.columns(user))
 
-    async def delete(self, user: str, cid: str) -> DeleteResult:
+    async def delete(self, user: str, cid: str, owner: str | None = None) -> DeleteResult:
         deleted = await self._write(
-            "DELETE FROM conversations WHERE id = ? AND user_id = ? AND (locked_by IS NULL OR lock_expires < ?)",
+            "DELETE FROM conversations WHERE id = ? AND user_id = ?"
+            " AND (locked_by IS NULL OR lock_expires < ? OR locked_by = ?)",
             cid,
             user,
             time.time(),
+            owner,
         )
         if deleted:
             return "deleted"
@@ -259,21 +274,16 @@ class PostgresDB:
             ttl,
         )
 
-    async def save(self, user: str, row: StoredConversation) -> None:
-        await self._execute(
-            "INSERT INTO conversations (id, user_id, title, turns, created_at, updated_at, prompt, params)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO UPDATE SET title = excluded.title,"
-            " turns = excluded.turns, updated_at = excluded.updated_at, prompt = excluded.prompt,"
-            " params = excluded.params WHERE conversations.user_id = excluded.user_id",
-            *row.columns(user),
-        )
+    async def save(self, user: str, row: StoredConversation, parts: Collection[Part]) -> None:
+        await self._execute(_upsert(parts, "$1, $2, $3, $4, $5, $6, $7, $8"), *row.columns(user))
 
-    async def delete(self, user: str, cid: str) -> DeleteResult:
+    async def delete(self, user: str, cid: str, owner: str | None = None) -> DeleteResult:
         deleted = await self._execute(
             "DELETE FROM conversations WHERE id = $1 AND user_id = $2"
-            f" AND (locked_by IS NULL OR lock_expires < {_PG_NOW})",
+            f" AND (locked_by IS NULL OR lock_expires < {_PG_NOW} OR locked_by = $3)",
             cid,
             user,
+            owner,
         )
         if deleted:
             return "deleted"

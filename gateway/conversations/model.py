@@ -22,6 +22,8 @@ class Conversation(Protocol):
 
     prompt: ChatPrompt
     params: dict[str, Any]
+    # Started by this request: nothing of it is stored yet (its first turn stores it at once).
+    new: bool
 
     async def save(self) -> None:
         """Persist the prompt and the generation parameters as they are now."""

@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.conversations.db import ConversationDB, StoredConversation, open_db
+from gateway.conversations.db import ConversationDB, Part, StoredConversation, open_db
 from gateway.conversations.model import Conversation
 from gateway.core.errors import GatewayError, NotFound, SessionBusy, SessionStoreUnavailable, error_response
 from gateway.http.asgi import add_headers, on_response_start
@@ -57,6 +57,9 @@ class PersistentConversation:
         row: StoredConversation,
         prompt: ChatPrompt,
         owner: str | None,
+        *,
+        created: bool,
+        scope_state: dict[str, Any],
     ) -> None:
         self._handler = handler
         self.user = user
@@ -65,21 +68,39 @@ class PersistentConversation:
         self.prompt = prompt
         params = json.loads(row.params)
         self.params: dict[str, Any] = params if isinstance(params, dict) else {}
+        # What the row holds, so save() writes only what changed: the end of a turn never
+        # writes back parameters saved meanwhile by /set_generation_params, nor the reverse.
+        self._saved: dict[Part, Any] = {"prompt": prompt.to_dict(), "params": dict(self.params)}
+        # Started by this request (not yet known to anyone else): dropped again if left empty.
+        self.new = self._created = created
+        self._scope_state = scope_state
         self._owner = owner
         self._renewer = asyncio.create_task(handler._keep_lock(row.id, owner)) if owner is not None else None
 
     async def save(self) -> None:
-        first_user = next((m["content"] for m in self.prompt.messages if m["role"] == "user"), "")
-        row = StoredConversation(
-            id=self.id,
-            title=" ".join(first_user.split())[:_TITLE_CHARS],
-            turns=len(self.prompt.messages),
-            created_at=self.created_at,
-            updated_at=time.time(),
-            prompt=encode_value(self.prompt),
-            params=json.dumps(self.params),
-        )
-        await self._handler._call(self._handler.db.save(self.user, row))
+        now: dict[Part, Any] = {"prompt": self.prompt.to_dict(), "params": dict(self.params)}
+        parts = [part for part in now if now[part] != self._saved[part]]
+        db = self._handler.db
+        if self._created and not self.prompt.messages and not self.params:
+            # A conversation this request started and left empty (a refused first turn): keep no row,
+            # and name none in X-Conversation-Id if the response has not started.
+            self._scope_state.pop(_STATE_KEY, None)
+            if self._owner is not None:
+                await self._handler._call(db.delete(self.user, self.id, self._owner))
+        elif parts:
+            first_user = next((m["content"] for m in self.prompt.messages if m["role"] == "user"), "")
+            row = StoredConversation(
+                id=self.id,
+                title=" ".join(first_user.split())[:_TITLE_CHARS],
+                turns=len(self.prompt.messages),
+                created_at=self.created_at,
+                updated_at=time.time(),
+                prompt=encode_value(self.prompt),
+                params=json.dumps(self.params),
+            )
+            await self._handler._call(db.save(self.user, row, parts))
+            self._scope_state[_STATE_KEY] = self.id
+        self._saved = now
 
     async def close(self) -> None:
         owner, self._owner = self._owner, None
@@ -154,8 +175,10 @@ class PersistentConversations:
             row = found
             stored = decode_value(row.prompt)
             prompt = stored if isinstance(stored, ChatPrompt) else self.new_prompt()
-        request.scope.setdefault("state", {})[_STATE_KEY] = row.id
-        return PersistentConversation(self, user, row, prompt, owner)
+        state = request.scope.setdefault("state", {})
+        if cid is not None or lock:  # the conversation exists (a turn creates it at once)
+            state[_STATE_KEY] = row.id
+        return PersistentConversation(self, user, row, prompt, owner, created=cid is None, scope_state=state)
 
     async def _keep_lock(self, cid: str, owner: str) -> None:
         while True:

@@ -73,6 +73,18 @@ class SessionStoreUnavailable(GatewayError):
     status, type = 503, "session_store_unavailable"
 
 
+class SessionTooLarge(GatewayError):
+    """A session would outgrow the store's `max_session_bytes` (conversations trim themselves first)."""
+
+    status, type = 413, "session_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    """A JSON route was sent a body of another Content-Type."""
+
+    status, type = 415, "unsupported_media_type"
+
+
 def error_body(error: GatewayError) -> dict[str, dict[str, str]]:
     return {"error": {"type": error.type, "message": error.message}}
 

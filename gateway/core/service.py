@@ -16,6 +16,7 @@ from gateway.core.admission import AdmissionController
 from gateway.core.engine import Engine
 from gateway.core.errors import GatewayError
 from gateway.core.metrics import Metrics
+from gateway.core.offload import Offload
 from gateway.core.runner import GenerationRunner, StreamLimits
 from gateway.settings import Config
 
@@ -49,6 +50,8 @@ class Core:
         self.runner = GenerationRunner(self.engine, self.admission, self.metrics, limits)
         # The one entry point both APIs use: admit, stream and finish one generation on a connection.
         self.run = self.runner.run
+        # Where both APIs render prompts: off the event loop, so no stream stalls meanwhile.
+        self.offload = Offload()
 
     @asynccontextmanager
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 # machine's memory and compile kernels for minutes. These fit a small server.
 CPU_DEFAULTS: dict[str, Any] = {"gpu_memory_utilization": 0.3, "enforce_eager": True}
 CPU_KV_CACHE_GIB = "1"
+REFUSED = "the model cannot take this request: its prompt or a sampling setting is outside what the model accepts"
 
 
 class _HFTokenizer:
@@ -144,7 +145,9 @@ class VLLMEngine:
         except EngineDeadError as exc:
             raise EngineDead("the vLLM engine has died") from exc
         except VLLMValidationError as exc:
-            raise BadChatRequest(str(exc)) from exc
+            # vLLM's wording names its internals and may quote the request: the client gets words.
+            logger.debug("vLLM refused request %s: %s", request_id, exc)
+            raise BadChatRequest(REFUSED) from exc
         finally:
             await stream.aclose()
 

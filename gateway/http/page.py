@@ -71,8 +71,10 @@ def add_cors(app: FastAPI, config: Config) -> None:
         CORSMiddleware,
         allow_origins=config.cors_origin,
         allow_credentials=False,
-        allow_methods=["GET", "POST"],
-        allow_headers=["Authorization", "Content-Type"],
-        expose_headers=["Retry-After", "X-Message-Id"],
+        allow_methods=["GET", "POST", "DELETE"],
+        # What the API reads and answers beside the body: the conversation named and returned
+        # (X-Conversation-Id), the request id a client may send and read back (X-Request-Id).
+        allow_headers=["Authorization", "Content-Type", "X-Conversation-Id", "X-Request-Id"],
+        expose_headers=["Retry-After", "X-Message-Id", "X-Conversation-Id", "X-Request-Id"],
         max_age=600,
     )

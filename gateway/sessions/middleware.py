@@ -18,7 +18,7 @@ from typing import Any, Literal
 from itsdangerous import BadSignature, TimestampSigner
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.core.errors import SessionStoreUnavailable
+from gateway.core.errors import GatewayError, SessionStoreUnavailable
 from gateway.http.asgi import add_headers, on_response_start
 from gateway.sessions.stores import MemoryStore, SessionStore
 
@@ -72,7 +72,10 @@ class SessionContext:
         self._id = session_id
         self._session = Session(data)
         self._error = error
-        self.issued = False  # a new id was created and needs a cookie
+        self.issued = False  # a new id was created: it needs a cookie once something is stored under it
+        self.saved = False  # this request stored data under the id
+        # No stored session came with the request: anything kept is created by it.
+        self.created = session_id is None
 
     @property
     def id(self) -> str:
@@ -108,13 +111,28 @@ class SessionContext:
         self._session.removed.clear()
         try:
             await self.store.save(session_id, changed, removed)
+            self.saved = True
+        except GatewayError:
+            raise
         except Exception as exc:
             raise SessionStoreUnavailable("the session store is unavailable", retry_after=5) from exc
+
+    async def discard(self) -> None:
+        """Keep nothing of a session this request created: no stored data, no cookie."""
+        self._session.changed.clear()
+        self._session.removed.clear()
+        if self.created and self._id is not None:
+            session_id, self._id, self.issued, self.saved = self._id, None, False, False
+            try:
+                await self.store.delete(session_id)
+            except Exception as exc:
+                raise SessionStoreUnavailable("the session store is unavailable", retry_after=5) from exc
 
     async def renew(self) -> None:
         """Move the data to a fresh id and forget the old one (after a clear, or a login)."""
         old = self._id
         self._id = None
+        self.saved = False
         # Every key is saved again under the new id; the dict stays the one in `scope["session"]`.
         self._session.changed.update(self._session.keys())
         self._session.removed.clear()
@@ -174,7 +192,8 @@ class SessionMiddleware:
         def add_cookie(message: Message) -> None:
             if context.has_changes:
                 _ = context.id  # data written before the response starts gets its cookie now
-            if context.issued:
+            # An id that only locked (a refused turn) stored nothing: it gets no cookie.
+            if context.issued and (context.saved or context.has_changes):
                 add_headers(message, [(b"set-cookie", self._cookie(context.id).encode("latin-1"))])
 
         try:
@@ -182,8 +201,8 @@ class SessionMiddleware:
         finally:
             try:
                 await context.flush()
-            except SessionStoreUnavailable:
-                logger.warning("could not save session data: the session store is unavailable")
+            except GatewayError as err:
+                logger.warning("could not save session data: %s", err.message)
 
     async def _open(self, scope: Scope) -> SessionContext:
         session_id = self._verified_id(scope)
@@ -194,7 +213,7 @@ class SessionMiddleware:
         except Exception as exc:
             logger.warning("session store unavailable: %s", type(exc).__name__)
             return SessionContext(self.store, session_id, None, exc)
-        if data is None:  # unknown or expired: a fresh id, never the one presented
+        if data is None:  # unknown, expired or unreadable: a fresh id, never the one presented
             return SessionContext(self.store, None, None, None)
         return SessionContext(self.store, session_id, data, None)
 

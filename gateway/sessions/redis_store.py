@@ -8,6 +8,15 @@ dies while holding it. While a replica holds a lock it renews it every third
 of `lock_timeout`, so a generation longer than `lock_timeout` keeps its lock,
 and a dead replica's lock lapses within `lock_timeout`.
 
+Bounds, kept by the store itself rather than by Redis's eviction (which cannot
+tell a session from a lock): a save that would take a session past
+`max_session_bytes` is refused, and a sorted set indexes the sessions by last
+use, so the save that makes them more than `max_sessions` deletes the least
+recently used. Both happen in one Lua script, atomically for every replica,
+so the sessions never take more than `max_sessions x max_session_bytes`:
+size Redis's `maxmemory` above that. (The script touches keys it derives from
+the index, so it needs a standalone Redis or one cluster slot.)
+
 Outages: commands time out after `socket_timeout` seconds and are retried
 once (which also reconnects a pooled connection that a Redis restart broke),
 so a turn fails with a quick 503 while Redis is down and the store recovers
@@ -19,14 +28,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from gateway.sessions.codec import decode_value, encode_value
+from gateway.core.errors import SessionTooLarge
+from gateway.sessions.codec import decode_session, encode_value
+from gateway.settings import MiB
 
 logger = logging.getLogger(__name__)
 
@@ -36,23 +47,84 @@ _UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del'
 _RENEW = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
 )
+# Redis's own clock (microseconds: saves in one millisecond keep their order) for the index, so
+# replicas with skewed clocks agree.
+_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+# Writes a session's changed fields and drops its removed ones, unless that would take it past the
+# byte cap (returns -1); then indexes it by last use and deletes what the index says is too many.
+# KEYS: session hash, index. ARGV: ttl ms, byte cap, max sessions, session id, session key prefix,
+# the number of changed fields, the changed fields and values, the removed fields.
+_SAVE = (
+    _NOW
+    + """
+local key, index = KEYS[1], KEYS[2]
+local ttl, cap, max_sessions = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local sid, prefix, n = ARGV[4], ARGV[5], tonumber(ARGV[6])
+local changed, removed, i = {}, {}, 7
+for _ = 1, n do changed[ARGV[i]] = ARGV[i + 1]; i = i + 2 end
+for j = i, #ARGV do removed[ARGV[j]] = true end
+local size = 0
+for _, field in ipairs(redis.call('HKEYS', key)) do
+  if changed[field] == nil and not removed[field] then size = size + #field + redis.call('HSTRLEN', key, field) end
+end
+for field, value in pairs(changed) do size = size + #field + #value end
+if size > cap then return -1 end
+for field, value in pairs(changed) do redis.call('HSET', key, field, value) end
+for field in pairs(removed) do redis.call('HDEL', key, field) end
+if redis.call('PEXPIRE', key, ttl) == 1 then redis.call('ZADD', index, now, sid) else redis.call('ZREM', index, sid) end
+-- Entries older than the idle timeout are sessions Redis has expired already.
+redis.call('ZREMRANGEBYSCORE', index, '-inf', string.format('(%d', now - ttl * 1000))
+local excess = redis.call('ZCARD', index) - max_sessions
+-- The least recently used go first, never the session being saved.
+for _, old in ipairs(excess > 0 and redis.call('ZRANGE', index, 0, excess) or {}) do
+  if excess > 0 and old ~= sid then
+    redis.call('DEL', prefix .. old)
+    redis.call('ZREM', index, old)
+    excess = excess - 1
+  end
+end
+return size
+"""
+)
+# Refreshes a session's idle TTL and its place in the index (after its data was read and decoded).
+_TOUCH = (
+    _NOW
+    + """
+if redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 1 then redis.call('ZADD', KEYS[2], now, ARGV[2]) end
+return 0
+"""
+)
 
 
 class RedisStore:
     """Session data in Redis with an idle timeout; safe for several replicas."""
 
     def __init__(
-        self, client: Redis, idle_timeout: float = 3600.0, lock_timeout: float = 30.0, prefix: str = "chatstream:"
+        self,
+        client: Redis,
+        idle_timeout: float = 3600.0,
+        lock_timeout: float = 30.0,
+        prefix: str = "chatstream:",
+        *,
+        max_sessions: int = 10_000,
+        max_session_bytes: int = MiB,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        if idle_timeout <= 0 or lock_timeout <= 0:
-            raise ValueError("idle_timeout and lock_timeout must be positive")
+        if idle_timeout <= 0 or lock_timeout <= 0 or max_sessions < 1 or max_session_bytes < 1:
+            raise ValueError("idle_timeout, lock_timeout, max_sessions and max_session_bytes must be positive")
         self.client = client
         self.idle_timeout = idle_timeout
         self.lock_timeout = lock_timeout
         self.prefix = prefix
+        self.max_sessions = max_sessions
+        self.max_session_bytes = max_session_bytes
         self._ttl_ms = int(idle_timeout * 1000)
         self._lock_ms = int(lock_timeout * 1000)
+        self._index = f"{prefix}sessions-by-use"
+        self._save = client.register_script(_SAVE)
+        self._touch = client.register_script(_TOUCH)
         self._renewers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._sleep = sleep  # how lock renewers wait (a seam: tests move time by hand)
 
     @classmethod
     def from_url(
@@ -78,32 +150,33 @@ class RedisStore:
 
     async def load(self, session_id: str) -> dict[str, Any] | None:
         key = self._key(session_id)
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hgetall(key)
-            pipe.pexpire(key, self._ttl_ms)
-            raw, _ = await pipe.execute()
+        raw = await self.client.hgetall(key)
         if not raw:
             return None
-        return {k.decode(): decode_value(v) for k, v in raw.items()}
+        data = decode_session(raw)
+        if data is not None:  # undecodable data is not kept alive: it expires on its own
+            await self._touch(keys=[key, self._index], args=[self._ttl_ms, session_id])
+        return data
 
     async def save(self, session_id: str, changed: Mapping[str, Any], removed: Iterable[str]) -> None:
-        key = self._key(session_id)
-        removed = list(removed)
-        async with self.client.pipeline(transaction=True) as pipe:
-            if changed:
-                pipe.hset(key, mapping={k: encode_value(v) for k, v in changed.items()})
-            if removed:
-                pipe.hdel(key, *removed)
-            pipe.pexpire(key, self._ttl_ms)
-            await pipe.execute()
+        fields = [part for key, value in changed.items() for part in (key, encode_value(value))]
+        args: list[str | int] = [self._ttl_ms, self.max_session_bytes, self.max_sessions, session_id]
+        args += [self._key(""), len(changed), *fields, *removed]
+        size = await self._save(keys=[self._key(session_id), self._index], args=args)
+        if size < 0:
+            raise SessionTooLarge(f"the session would take more than {self.max_session_bytes} bytes")
 
     async def delete(self, session_id: str) -> None:
-        await self.client.delete(self._key(session_id))
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(self._key(session_id))
+            pipe.zrem(self._index, session_id)
+            await pipe.execute()
 
     async def try_lock(self, session_id: str, owner: str) -> bool:
         taken = bool(await self.client.set(self._lock_key(session_id), owner, nx=True, px=self._lock_ms))
         if taken:
-            self._renewers[session_id, owner] = asyncio.create_task(self._renew(session_id, owner))
+            holder = asyncio.current_task()
+            self._renewers[session_id, owner] = asyncio.create_task(self._renew(session_id, owner, holder))
         return taken
 
     async def unlock(self, session_id: str, owner: str) -> None:
@@ -112,10 +185,14 @@ class RedisStore:
             renewer.cancel()
         await self.client.eval(_UNLOCK, 1, self._lock_key(session_id), owner)
 
-    async def _renew(self, session_id: str, owner: str) -> None:
+    async def _renew(self, session_id: str, owner: str, holder: asyncio.Task[Any] | None) -> None:
         key = self._lock_key(session_id)
         while True:
-            await asyncio.sleep(self.lock_timeout / 3)
+            await self._sleep(self.lock_timeout / 3)
+            if holder is not None and holder.done():  # its request ended without unlocking: let it lapse
+                logger.warning("a session lock outlived its request: it lapses in %.0f s", self.lock_timeout)
+                self._renewers.pop((session_id, owner), None)
+                return
             try:
                 held = await self.client.eval(_RENEW, 1, key, owner, self._lock_ms)
             except Exception as exc:  # Redis briefly away: the lock still has two thirds of its time
@@ -125,6 +202,9 @@ class RedisStore:
                 logger.warning("a session lock expired while its generation was running")
                 self._renewers.pop((session_id, owner), None)
                 return
+
+    async def ping(self) -> None:
+        await self.client.ping()
 
     async def close(self) -> None:
         for renewer in self._renewers.values():

@@ -20,9 +20,10 @@ from gateway.core.errors import SessionBusy
 from gateway.core.vllm_engine import VLLMEngine
 from gateway.http.auth import UserKeys
 from prompts import ChatPrompt
+from tests.fakes import FakeEngine
 from tests.live import serve
 from tests.servers import Postgres
-from tests.sse_client import parse_sse
+from tests.sse_client import iter_events, parse_sse
 
 pytestmark = pytest.mark.engine
 
@@ -215,5 +216,57 @@ def test_the_serve_flags_select_the_persistent_handler(tmp_path: Path, users: Us
     handler = make_chat_stream(settings, FakeEngine()).conversations
     assert isinstance(handler, PersistentConversations)
     assert handler.new_prompt().system == "be brief"
-    with pytest.raises(ValueError, match="--users-file"):
+    with pytest.raises(ValueError, match="users_file"):
         make_chat_stream(Settings(conversation_db=f"sqlite:///{tmp_path}/c.db"), FakeEngine())
+
+
+@asynccontextmanager
+async def fake_gateway(engine: FakeEngine, db_url: str, users: Users) -> AsyncIterator[httpx.AsyncClient]:
+    """The handler over the fake engine (the app's lifespan closes the handler)."""
+    chat = ChatStream(engine=engine, max_new_tokens=50, conversations=make_handler(db_url, users))
+    app = create_app(Settings(secure_cookies=False), chat_stream=chat)
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
+        yield client
+
+
+async def test_settings_saved_during_an_answer_survive_its_end(db_url: str, users: Users) -> None:
+    # Regression (issue 13): the end of a turn rewrote the whole row, parameters included, from the
+    # copy taken when the turn began, undoing a Settings change made meanwhile.
+    engine = FakeEngine(answer="an answer")
+    engine.gate, engine.gate_after = asyncio.Event(), 1
+    async with fake_gateway(engine, db_url, users) as client:
+        request = client.build_request("POST", "/chat_stream", json={"user_input": "question"}, headers=users.alice)
+        answer = await client.send(request, stream=True)
+        try:
+            cid = answer.headers["x-conversation-id"]
+            events = iter_events(answer)
+            assert (await anext(events)).event == "delta"
+            saved = await client.post(
+                "/set_generation_params", json={"temperature": 0.2}, headers={**users.alice, "x-conversation-id": cid}
+            )
+            assert saved.status_code == 200
+            engine.gate.set()
+            assert [e.event async for e in events][-1] == "done"
+        finally:
+            await answer.aclose()
+        stored = (await client.get(f"/conversations/{cid}", headers=users.alice)).json()
+    assert stored["params"] == {"temperature": 0.2}
+    assert [m["content"] for m in stored["messages"]] == ["question", "an answer"]
+
+
+@pytest.mark.parametrize("refusal", ["too_long", "engine_down"])
+async def test_a_refused_first_turn_leaves_no_conversation_behind(db_url: str, users: Users, refusal: str) -> None:
+    # Regression (issue 13): a first turn creates its row at once; refused, it left an empty conversation.
+    engine = FakeEngine(answer="ok", max_model_len=100)
+    async with fake_gateway(engine, db_url, users) as client:
+        if refusal == "engine_down":
+            engine.dead = True
+        text = "x" * 500 if refusal == "too_long" else "hello"
+        refused = await client.post("/chat_stream", json={"user_input": text}, headers=users.alice)
+        assert refused.status_code in (400, 503)
+        assert "x-conversation-id" not in refused.headers
+        assert (await client.get("/conversations", headers=users.alice)).json() == {"conversations": []}
+        engine.dead = False
+        answered = await client.post("/chat_stream", json={"user_input": "hello"}, headers=users.alice)
+        assert answered.status_code == 200 and "x-conversation-id" in answered.headers
+        assert len((await client.get("/conversations", headers=users.alice)).json()["conversations"]) == 1

@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, ViewportSize
+from playwright.async_api import Browser, BrowserContext, Page, ViewportSize, expect
 from starlette.requests import Request
 
-from gateway import ChatStream, CompletionState, Settings, create_app
+from gateway import ChatStream, CompletionState, RedisStore, SessionStore, Settings, create_app
 from gateway.core.engine import Engine
 from gateway.core.vllm_engine import VLLMEngine
 from tests.browser import DESKTOP, PHONE, launch_chromium
@@ -27,8 +27,12 @@ from tests.fakes import FakeEngine, PacedEngine
 from tests.live import serve
 
 WAIT_MS = 120_000  # bound on every browser wait: the shared CPU is slow, never a timing assertion
+# Every wait goes through Playwright's selector engine (locators, `expect`): `wait_for_function`
+# evaluates its predicate with `eval` in the page, which the page's Content-Security-Policy forbids.
+expect.set_options(timeout=WAIT_MS)
 
 ANSWER = "article.msg.assistant"
+LOADED = "#conversation[data-loaded]"  # the page has drawn the session's conversation: it may send
 
 
 @dataclass
@@ -45,7 +49,7 @@ class Gateway:
 
 @asynccontextmanager
 async def run_gateway(
-    engine: Engine, *, lifespan: str, settings: Settings | None = None, **chat: Any
+    engine: Engine, *, lifespan: str, settings: Settings | None = None, store: SessionStore | None = None, **chat: Any
 ) -> AsyncIterator[Gateway]:
     chat_stream = ChatStream(engine=engine, **chat)
     endings: list[CompletionState] = []
@@ -53,7 +57,8 @@ async def run_gateway(
     def record(request: Request, state: CompletionState) -> None:
         endings.append(state)
 
-    app = create_app(settings or Settings(secure_cookies=False), chat_stream=chat_stream, callback=record)
+    settings = settings or Settings(secure_cookies=False)
+    app = create_app(settings, chat_stream=chat_stream, callback=record, store=store)
     async with serve(app, lifespan=lifespan) as url:
         yield Gateway(url, chat_stream, endings)
 
@@ -100,7 +105,7 @@ async def open_page(browser: Browser) -> AsyncIterator[OpenPage]:
         page = await context.new_page()
         page.set_default_timeout(WAIT_MS)
         await page.goto(url)
-        await page.wait_for_selector("#load[data-level]")  # the script has run and reached the server
+        await page.wait_for_selector(LOADED)
         return page
 
     yield open_in_new_context
@@ -120,9 +125,7 @@ async def send(page: Page, text: str) -> None:
 
 
 async def answers_done(page: Page, count: int) -> None:
-    await page.wait_for_function(
-        "n => document.querySelectorAll('article.msg.assistant[data-state=\"done\"]').length === n", arg=count
-    )
+    await expect(page.locator(f"{ANSWER}[data-state='done']")).to_have_count(count)
 
 
 async def shown_messages(page: Page) -> list[tuple[str, str]]:
@@ -194,7 +197,8 @@ async def test_answer_streams_in_and_both_turns_survive_a_reload(real_gateway: G
     assert before[0][1] == "Hello\nthere" and before[2][1] == "And a second question"
 
     await page.reload()
-    await page.wait_for_function("document.querySelectorAll('article.msg').length === 4")
+    await page.wait_for_selector(LOADED)
+    await expect(page.locator("article.msg")).to_have_count(4)
     assert await shown_messages(page) == before
     assert await page.is_hidden("#empty")
 
@@ -214,14 +218,14 @@ async def test_a_second_browser_context_has_its_own_conversation(real_gateway: G
     await answers_done(second, 1)
 
     await first.reload()
-    await first.wait_for_selector(ANSWER)
+    await first.wait_for_selector(LOADED)
     assert [text for role, text in await shown_messages(first) if role == "user"] == ["I am the first browser"]
     assert [m["content"] for m in await server_messages(second) if m["role"] == "user"] == ["I am the second browser"]
 
 
-# Intermittent in full CI runs on 2 shared cores (the answer is never seen streaming
-# within 120 s; cause not yet found, see the closing note); passes alone. Bounded reruns.
-@pytest.mark.flaky(reruns=2)
+# Was intermittent (issue 13: "the answer is never seen streaming"): the page's first
+# GET /get_prompt could answer after the test had sent, and drawing the conversation
+# wiped the new turn off the page. The page now sends only once it has drawn it.
 @pytest.mark.engine
 async def test_stop_ends_the_answer_and_the_server_records_the_disconnect(
     real_gateway: Gateway, open_page: OpenPage, real_engine: VLLMEngine
@@ -258,11 +262,7 @@ async def test_regenerate_replaces_the_last_answer_on_the_page_and_the_server(
     first_stored = (await server_messages(page))[1]["content"]
 
     await page.click("#regenerate")
-    await page.wait_for_function(
-        "id => { const a = document.querySelector('article.msg.assistant');"
-        " return a && a.dataset.state === 'done' && a.dataset.messageId !== id; }",
-        arg=first_id,
-    )
+    await expect(page.locator(f"{ANSWER}[data-state='done']:not([data-message-id='{first_id}'])")).to_have_count(1)
     shown = await shown_messages(page)
     assert [role for role, _ in shown] == ["user", "assistant"]
     assert shown[1][1] != first_shown
@@ -271,7 +271,7 @@ async def test_regenerate_replaces_the_last_answer_on_the_page_and_the_server(
     assert stored[0]["content"] == "Say something" and stored[1]["content"] != first_stored
 
     await page.reload()  # the page draws what the session holds: the same answer
-    await page.wait_for_selector(f"{ANSWER}[data-state='done']")
+    await page.wait_for_selector(LOADED)
     assert await shown_messages(page) == shown
 
 
@@ -287,13 +287,11 @@ async def fake_gateway(fake_engine: FakeEngine) -> AsyncIterator[Gateway]:
 async def test_a_full_queue_shows_the_busy_message_and_keeps_the_input(
     fake_engine: FakeEngine, open_page: OpenPage
 ) -> None:
-    fake_engine.gate = asyncio.Event()
+    fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 1  # the only slot, held mid-answer
     async with run_gateway(fake_engine, lifespan="on", num_of_concurrent_executions=1, max_queue_size=0) as gw:
         holder = await open_page(gw.url)
         await send(holder, "I take the only slot")
-        async with asyncio.timeout(WAIT_MS / 1000):
-            while gw.chat.admission.load().running < 1:
-                await asyncio.sleep(0.02)
+        await holder.wait_for_selector(f"{ANSWER}[data-state='streaming']")
 
         other = await open_page(gw.url)
         await send(other, "Am I too late?")
@@ -303,19 +301,50 @@ async def test_a_full_queue_shows_the_busy_message_and_keeps_the_input(
         assert await other.input_value("#input") == "Am I too late?"
         assert await other.locator("article.msg").count() == 0
 
-        same_session = await holder.context.new_page()
-        await same_session.goto(gw.url)
-        await send(same_session, "A second tab of the same conversation")
-        await same_session.wait_for_selector("#notice:not([hidden])")
-        assert "already being generated" in await same_session.inner_text("#notice")
-        assert await same_session.input_value("#input") == "A second tab of the same conversation"
-
         fake_engine.gate.set()
         await answers_done(holder, 1)
         await other.press("#input", "Enter")
         await answers_done(other, 1)
         assert await other.input_value("#input") == ""
         assert await other.is_hidden("#notice")
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "redis"])
+async def test_a_reload_during_the_first_answer_shows_the_question_and_a_second_tab_gets_409(
+    fake_engine: FakeEngine, open_page: OpenPage, request: pytest.FixtureRequest, store_kind: str
+) -> None:
+    # Regression (issue 13): the store learnt of a new session only when its first answer ended,
+    # so a reload during it showed nothing (and a second tab started another conversation).
+    store: SessionStore | None = None
+    if store_kind == "redis":
+        store = RedisStore.from_url(request.getfixturevalue("redis_server").url, prefix=f"page-{id(request)}:")
+    fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 1
+    async with run_gateway(fake_engine, lifespan="on", store=store) as gw:
+        page = await open_page(gw.url)
+        await send(page, "My very first question")
+        await page.wait_for_selector(f"{ANSWER}[data-state='streaming']")
+        cookie = await session_cookie(page)
+
+        second_tab = await page.context.new_page()
+        second_tab.set_default_timeout(WAIT_MS)
+        await second_tab.goto(gw.url)
+        await second_tab.wait_for_selector(LOADED)
+        assert (await shown_messages(second_tab))[0] == ("user", "My very first question")
+        await send(second_tab, "From a second tab")
+        await second_tab.wait_for_selector("#notice:not([hidden])")
+        assert "already being generated" in await second_tab.inner_text("#notice")
+        assert await second_tab.input_value("#input") == "From a second tab"
+
+        await page.reload()
+        await page.wait_for_selector(LOADED)
+        assert (await shown_messages(page))[0] == ("user", "My very first question")
+        assert await session_cookie(page) == cookie
+        fake_engine.gate.set()
+
+
+async def session_cookie(page: Page) -> str:
+    [value] = [c["value"] for c in await page.context.cookies() if c["name"] == "chatstream_session"]
+    return value
 
 
 MARKUP_ANSWER = (
@@ -348,7 +377,7 @@ async def test_markup_in_a_model_answer_is_shown_as_text(
         assert "noopener" in (await links.get_attribute("rel") or "")
         assert await page.title() == title
         await page.reload()
-        await page.wait_for_selector(ANSWER)
+        await page.wait_for_selector(LOADED)
 
 
 async def test_settings_show_their_ranges_and_refuse_bad_values(fake_gateway: Gateway, open_page: OpenPage) -> None:
@@ -367,7 +396,7 @@ async def test_settings_show_their_ranges_and_refuse_bad_values(fake_gateway: Ga
     await page.click("#settings-save")
     await page.wait_for_selector("#settings-status[data-kind='ok']")
     await page.reload()
-    await page.wait_for_function("document.getElementById('p-temperature').value === '0.2'")
+    await expect(page.locator("#p-temperature")).to_have_value("0.2")
 
 
 async def test_an_unavailable_engine_is_reported_and_the_input_kept(

@@ -130,5 +130,5 @@ async def test_leaving_mid_stream_aborts_the_engine_request(gateway: Gateway, re
     # The callback fires after the abort: by then the engine has let go of the request,
     # long before 900 tokens could have been generated.
     assert real_engine.num_unfinished() == 0
-    await asyncio.sleep(0.2)  # a second report would arrive by now
+    await gateway.handled.wait_handled()  # handled to its end: a second report would have come
     assert gateway.states == [CompletionState.CLIENT_DISCONNECTED_WHILE_STREAMING]

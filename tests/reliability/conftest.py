@@ -18,11 +18,11 @@ from gateway.app import create_app
 from gateway.chat.chat_stream import ChatStream
 from gateway.core.completion import CompletionState
 from gateway.core.engine import Engine
-from gateway.sessions import SessionMiddleware
+from gateway.sessions import SessionMiddleware, SessionStore
 from gateway.sessions.stores import MemoryStore
 from gateway.settings import Settings
 from tests.fakes import FakeEngine
-from tests.live import serve
+from tests.live import Handled, serve
 
 SECRET = "reliability-suite-signing-key-0123456789"
 SOAK = os.environ.get("CHATSTREAM_SOAK") == "1"
@@ -68,6 +68,7 @@ class Gateway:
     app: FastAPI
     chat: ChatStream
     callbacks: Callbacks
+    handled: Handled
 
     @property
     def store(self) -> MemoryStore:
@@ -87,7 +88,7 @@ class Gateway:
             async with asyncio.timeout(30):
                 while True:
                     load = self.chat.admission.load()
-                    held = (load.running, load.waiting, engine_running(), len(self.store._locks))
+                    held = (load.running, load.waiting, engine_running(), self.store.locks_held)
                     if held == (0, 0, 0, 0):
                         return
                     await asyncio.sleep(0.005)
@@ -97,17 +98,22 @@ class Gateway:
 
 @asynccontextmanager
 async def running_gateway(
-    engine: Engine, settings: Settings | None = None, *, engine_started: bool = False
+    engine: Engine,
+    settings: Settings | None = None,
+    *,
+    engine_started: bool = False,
+    store: SessionStore | None = None,
 ) -> AsyncIterator[Gateway]:
-    """create_app(settings) with `engine`, served by uvicorn on 127.0.0.1.
+    """create_app(settings) with `engine` (and `store`, if given), served by uvicorn on 127.0.0.1.
 
     A shared engine that is already running (the real one) is served without
     the app's lifespan, so the app does not start or stop it.
     """
     callbacks = Callbacks()
-    app = create_app(settings or make_settings(), engine=engine, callback=callbacks)
-    async with serve(app, lifespan="off" if engine_started else "on") as url:
-        yield Gateway(url, app, app.state.chat_stream, callbacks)
+    app = create_app(settings or make_settings(), engine=engine, callback=callbacks, store=store)
+    handled = Handled(app)
+    async with serve(handled, lifespan="off" if engine_started else "on") as url:
+        yield Gateway(url, app, app.state.chat_stream, callbacks, handled)
 
 
 @dataclass

@@ -13,19 +13,26 @@ import httpx
 import psutil
 import pytest
 
+from gateway.sessions import MemoryStore
 from tests.fakes import FakeEngine
 from tests.live import free_port
 from tests.reliability.conftest import Gateway, make_settings, raw_request, rounds, running_gateway
+from tests.sessions.test_memory_store import Clock
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-async def gateway(engine: FakeEngine) -> AsyncIterator[Gateway]:
-    settings = make_settings(
-        max_body_bytes=2048, max_input_chars=100, max_sessions=20, session_idle_timeout=0.5, max_history_messages=6
-    )
-    async with running_gateway(engine, settings) as gw:
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def gateway(engine: FakeEngine, clock: Clock) -> AsyncIterator[Gateway]:
+    settings = make_settings(max_body_bytes=2048, max_input_chars=100, max_history_messages=6)
+    # The store's clock is the test's: sessions expire when the test says, not after a real wait.
+    store = MemoryStore(idle_timeout=60, max_sessions=20, clock=clock)
+    async with running_gateway(engine, settings, store=store) as gw:
         yield gw
 
 
@@ -86,14 +93,31 @@ async def test_the_session_count_stays_at_max_sessions_and_the_oldest_go_first(e
             assert (await newest.get("/get_prompt")).json()["messages"][0]["content"] == "user 59"
 
 
-async def test_an_idle_session_expires_after_the_idle_timeout(gateway: Gateway) -> None:
+async def test_an_idle_session_expires_after_the_idle_timeout(gateway: Gateway, clock: Clock) -> None:
     async with httpx.AsyncClient(base_url=gateway.url) as client:
         assert (await client.post("/chat_stream", json={"user_input": "remember me"})).status_code == 200
-        assert len((await client.get("/get_prompt")).json()["messages"]) == 2
-        await asyncio.sleep(0.6)  # past session_idle_timeout=0.5
+        clock.now += 59
+        assert len((await client.get("/get_prompt")).json()["messages"]) == 2  # used: its idle timer restarts
+        clock.now += 61
         r = await client.get("/get_prompt")
     assert r.json()["messages"] == []
-    assert "set-cookie" in r.headers  # a fresh session, with a new id
+    assert "set-cookie" not in r.headers  # a read starts no session: the next turn gets a fresh id
+    assert len(gateway.store) == 0
+
+
+async def test_reads_without_a_cookie_store_nothing_and_evict_no_conversation(gateway: Gateway) -> None:
+    # Regression (issue 13): every cookieless GET /get_prompt stored a new empty session, so
+    # max_sessions of them (20 here, 10,000 by default) evicted every real conversation.
+    async with httpx.AsyncClient(base_url=gateway.url) as user:
+        assert (await user.post("/chat_stream", json={"user_input": "keep me"})).status_code == 200
+        async with httpx.AsyncClient(base_url=gateway.url) as anonymous:
+            for _ in range(3 * 20):
+                for path in ("/get_prompt", "/get_generation_params"):
+                    r = await anonymous.get(path)
+                    assert r.status_code == 200 and "set-cookie" not in r.headers
+                    anonymous.cookies.clear()
+        assert len(gateway.store) == 1
+        assert (await user.get("/get_prompt")).json()["messages"][0]["content"] == "keep me"
 
 
 async def test_a_conversation_keeps_at_most_max_history_messages_and_always_the_newest(gateway: Gateway) -> None:
@@ -119,18 +143,23 @@ async def test_clearing_conversations_leaves_no_session_lock_behind(gateway: Gat
 
 # --- a flood of new sessions, measured in a separate process --------------------------------
 
-REQUEST = b"GET /get_prompt HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+READ = b"GET /get_prompt HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+_PARAMS = b'{"temperature": 0.5}'
+WRITE = (
+    b"POST /set_generation_params HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_PARAMS), _PARAMS)
+)
 
 
-async def _pipelined_client(port: int, n: int, batch: int = 100) -> int:
-    """Send `n` cookie-less requests (each makes a new session) on one keep-alive connection; count Set-Cookies."""
+async def _pipelined_client(port: int, n: int, request: bytes, batch: int = 100) -> int:
+    """Send `n` cookie-less `request`s on one keep-alive connection; count the Set-Cookies they get."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     issued = done = 0
     buf = b""
     try:
         while done < n:
             k = min(batch, n - done)
-            writer.write(REQUEST * k)
+            writer.write(request * k)
             for _ in range(k):
                 while b"\r\n\r\n" not in buf:
                     chunk = await reader.read(65536)
@@ -152,8 +181,8 @@ async def _pipelined_client(port: int, n: int, batch: int = 100) -> int:
     return issued
 
 
-async def _flood(port: int, n: int, connections: int = 4) -> int:
-    counts = await asyncio.gather(*(_pipelined_client(port, n // connections) for _ in range(connections)))
+async def _flood(port: int, n: int, request: bytes = WRITE, connections: int = 4) -> int:
+    counts = await asyncio.gather(*(_pipelined_client(port, n // connections, request) for _ in range(connections)))
     return sum(counts)
 
 
@@ -176,6 +205,7 @@ async def test_a_flood_of_new_sessions_does_not_grow_memory_past_max_sessions() 
                     await asyncio.sleep(0.1)
         process = psutil.Process(server.pid)
         async with asyncio.timeout(900):
+            assert await _flood(port, 2 * max_sessions, READ) == 0  # reads create no session at all
             await _flood(port, 2 * max_sessions)  # the store is full from here on
             before = process.memory_info().rss
             started = time.monotonic()
@@ -194,3 +224,20 @@ async def test_a_flood_of_new_sessions_does_not_grow_memory_past_max_sessions() 
     finally:
         server.terminate()
         server.wait(30)
+
+
+async def test_a_conversation_forgets_its_oldest_turns_to_stay_within_max_session_bytes(engine: FakeEngine) -> None:
+    # Regression (issue 13): a session was bounded by its count of messages only (up to ~16 MB each).
+    store = MemoryStore(max_session_bytes=4096)
+    async with (
+        running_gateway(engine, make_settings(max_input_chars=1000), store=store) as gateway,
+        httpx.AsyncClient(base_url=gateway.url) as client,
+    ):
+        for i in range(20):
+            r = await client.post("/chat_stream", json={"user_input": f"question {i} " + "é" * 300})
+            assert r.status_code == 200 and "event: done" in r.text
+            assert store.stored_bytes <= 4096
+        messages = (await client.get("/get_prompt")).json()["messages"]
+    assert 2 <= len(messages) < 20
+    assert messages[0]["role"] == "user"
+    assert messages[-2]["content"].startswith("question 19 ") and messages[-1]["content"] == engine.answer

@@ -188,7 +188,7 @@ async def test_leaving_at_this_moment_releases_everything_and_reports_once(
     expected = await scenario(gateway, engine, "one")
     await gateway.wait_idle(engine.num_unfinished)
     if expected is None:
-        await asyncio.sleep(0.05)  # a callback that should not come has had time to come
+        await gateway.handled.wait_handled("one")  # handled to its end: a callback not yet come never will
         assert "one" not in gateway.callbacks.states
     else:
         assert gateway.callbacks.states["one"] == [expected]
@@ -207,7 +207,7 @@ async def test_every_way_of_leaving_in_a_loop_leaks_nothing(gateway: Gateway, en
             tid = f"{scenario.__name__}-{i}"
             expected[tid] = await scenario(gateway, engine, tid)
             await gateway.wait_idle(engine.num_unfinished)
-    await asyncio.sleep(0.05)
+    await gateway.handled.wait_handled(*expected)
     seen = gateway.callbacks.states
     wrong = {tid: seen.get(tid) for tid, state in expected.items() if seen.get(tid, []) != ([state] if state else [])}
     assert wrong == {}
@@ -217,9 +217,9 @@ async def test_every_way_of_leaving_in_a_loop_leaks_nothing(gateway: Gateway, en
         f"\nclient departures: {len(expected)} requests ({n} rounds x {len(SCENARIOS)} moments) "
         f"in {time.monotonic() - started:.1f} s; callbacks {dict(figures)}; "
         f"leaked slots {load.running + load.waiting}, engine requests left {engine.num_unfinished()}, "
-        f"session locks left {len(gateway.store._locks)}"
+        f"session locks left {gateway.store.locks_held}"
     )
-    assert (load.running, load.waiting, engine.num_unfinished(), len(gateway.store._locks)) == (0, 0, 0, 0)
+    assert (load.running, load.waiting, engine.num_unfinished(), gateway.store.locks_held) == (0, 0, 0, 0)
 
 
 # --- a client that reads nothing ---------------------------------------------------------

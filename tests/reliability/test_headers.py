@@ -98,7 +98,7 @@ async def test_cookies_are_httponly_and_samesite_and_secure_by_default(engine: F
         running_gateway(engine, make_settings(secure_cookies=True)) as gw,
         httpx.AsyncClient(base_url=gw.url) as c,
     ):
-        set_cookie = (await c.get("/get_prompt")).headers["set-cookie"]
+        set_cookie = (await c.post("/set_generation_params", json={"temperature": 0.5})).headers["set-cookie"]
     flags = {flag.strip().split("=")[0].lower() for flag in set_cookie.split(";")[1:]}
     assert {"httponly", "secure", "samesite", "path"} <= flags
     assert "samesite=lax" in set_cookie.lower()
@@ -128,3 +128,23 @@ async def test_cors_opens_only_to_the_configured_origin_and_never_with_credentia
     assert allowed.headers["access-control-allow-origin"] == friend
     assert "access-control-allow-credentials" not in allowed.headers
     assert "access-control-allow-origin" not in refused.headers
+
+
+async def test_cors_lets_a_front_end_send_and_read_the_conversation_and_request_ids(engine: FakeEngine) -> None:
+    # Regression (issue 13): the preflight refused X-Conversation-Id and X-Request-Id, and neither
+    # (nor X-Request-Id on any answer) could be read by a front end on another origin.
+    friend = "https://friend.example"
+    wanted = "authorization, content-type, x-conversation-id, x-request-id"
+    async with (
+        running_gateway(engine, make_settings(cors_origin=[friend])) as gw,
+        httpx.AsyncClient(base_url=gw.url) as c,
+    ):
+        preflight = await c.options(
+            "/chat_stream", headers={**PREFLIGHT, "origin": friend, "access-control-request-headers": wanted}
+        )
+        answer = await c.get("/get_load", headers={"origin": friend})
+    assert preflight.status_code == 200, preflight.text
+    allowed = {h.strip().lower() for h in preflight.headers["access-control-allow-headers"].split(",")}
+    assert {"x-conversation-id", "x-request-id"} <= allowed
+    exposed = {h.strip().lower() for h in answer.headers["access-control-expose-headers"].split(",")}
+    assert {"x-conversation-id", "x-request-id", "x-message-id", "retry-after"} <= exposed

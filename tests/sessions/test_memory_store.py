@@ -1,11 +1,13 @@
-"""MemoryStore: bounded by an idle timeout and a count; the per-session lock; value encoding."""
+"""MemoryStore: bounded by an idle timeout, a count and bytes; the per-session lock; value encoding."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 
+from gateway.core.errors import SessionTooLarge
 from gateway.sessions.codec import decode_value, encode_value
 from gateway.sessions.stores import MemoryStore
 from prompts import ChatPrompt
@@ -97,6 +99,67 @@ async def test_the_session_lock_has_one_owner_at_a_time() -> None:
     assert not await store.try_lock("s1", "third")
     await store.unlock("s1", "first")
     assert await store.try_lock("s1", "third")
+
+
+async def test_a_session_over_max_session_bytes_is_refused_and_the_stored_one_kept() -> None:
+    store = MemoryStore(max_session_bytes=100)
+    await store.save("s1", {"a": "x" * 50}, ())
+    with pytest.raises(SessionTooLarge):
+        await store.save("s1", {"b": "y" * 60}, ())
+    assert await store.load("s1") == {"a": "x" * 50}
+    with pytest.raises(SessionTooLarge):
+        await store.save("s2", {"a": "z" * 200}, ())
+    assert await store.load("s2") is None and len(store) == 1
+
+
+async def test_max_bytes_drops_the_least_recently_used(clock: Clock) -> None:
+    # Regression (issue 13): the store was bounded by count only, and a session could hold megabytes.
+    store = MemoryStore(max_session_bytes=1000, max_bytes=2500, clock=clock)
+    for sid in ("a", "b", "c"):
+        await store.save(sid, {"text": sid * 900}, ())
+        clock.now += 1
+    assert store.stored_bytes <= 2500
+    assert await store.load("a") is None
+    assert await store.load("c") == {"text": "c" * 900}
+    await store.save("b", {"text": "b"}, ())  # shrinking gives the bytes back
+    await store.save("d", {"text": "d" * 900}, ())
+    assert len(store) == 3 and store.stored_bytes <= 2500
+
+
+async def test_data_this_version_cannot_read_loads_as_no_session() -> None:
+    # Regression (issue 13): undecodable session data failed every request of that session.
+    store = MemoryStore()
+    written_elsewhere = ChatPrompt()
+    written_elsewhere.messages.append({"role": "tool", "content": "a role this version does not know"})
+    await store.save("s1", {"chat_prompt": written_elsewhere, "params": {"temperature": 0.5}}, ())
+    assert await store.load("s1") is None
+    assert len(store) == 0
+
+
+async def test_a_lock_left_behind_by_a_finished_request_lapses_after_lock_timeout(clock: Clock) -> None:
+    # Regression (issue 13): a lock that was never released kept its session at 409 for good.
+    store = MemoryStore(lock_timeout=30, clock=clock)
+
+    async def request_that_forgets_to_unlock() -> None:
+        assert await store.try_lock("s1", "leaky")
+
+    await asyncio.create_task(request_that_forgets_to_unlock())
+    await asyncio.sleep(0)  # one turn of the loop: the task's done-callbacks run (no time passes)
+    assert not await store.try_lock("s1", "next")
+    clock.now += 29
+    assert not await store.try_lock("s1", "next")
+    clock.now += 2
+    assert store.locks_held == 0
+    assert await store.try_lock("s1", "next")
+
+
+async def test_a_lock_held_by_a_running_request_never_lapses(clock: Clock) -> None:
+    store = MemoryStore(lock_timeout=30, clock=clock)
+    assert await store.try_lock("s1", "long-generation")  # this test's own task holds it
+    clock.now += 3600
+    assert not await store.try_lock("s1", "other")
+    await store.unlock("s1", "long-generation")
+    assert await store.try_lock("s1", "other")
 
 
 @pytest.mark.parametrize(("idle_timeout", "max_sessions"), [(0, 10), (-1, 10), (60, 0)])

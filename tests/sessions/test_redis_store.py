@@ -5,29 +5,55 @@ from __future__ import annotations
 import asyncio
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 import redis.exceptions
 
+from gateway import ChatStream, Settings, create_app
+from gateway.core.errors import SessionTooLarge
 from gateway.sessions.redis_store import RedisStore
 from prompts import ChatPrompt
+from tests.fakes import FakeEngine
+from tests.live import serve
 from tests.servers import RedisServer
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+class ManualSleep:
+    """The lock renewers' sleep, moved on by the test: `await tick()` runs each sleeping renewer once."""
+
+    def __init__(self) -> None:
+        self.sleeping: list[asyncio.Future[None]] = []
+
+    async def __call__(self, seconds: float) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self.sleeping.append(done)
+        await done
+
+    async def tick(self) -> None:
+        async with asyncio.timeout(10):
+            while not self.sleeping:
+                await asyncio.sleep(0.005)
+        woken, self.sleeping = self.sleeping, []
+        for done in woken:
+            done.set_result(None)
 
 
 @pytest.fixture
-async def store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
-    store = RedisStore.from_url(redis_server.url, idle_timeout=60, lock_timeout=0.6, socket_timeout=0.5)
+def prefix() -> str:
+    """Each test's own keys (the session index is one key per prefix)."""
+    return f"test-{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture
+def ticks() -> ManualSleep:
+    return ManualSleep()
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer, prefix: str, ticks: ManualSleep) -> AsyncIterator[RedisStore]:
+    store = RedisStore.from_url(redis_server.url, idle_timeout=60, prefix=prefix, socket_timeout=0.5, sleep=ticks)
     try:
         yield store
     finally:
@@ -35,8 +61,8 @@ async def store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
 
 
 @pytest.fixture
-async def other_replica(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
-    store = RedisStore.from_url(redis_server.url, idle_timeout=60, lock_timeout=0.6, socket_timeout=0.5)
+async def other_replica(redis_server: RedisServer, prefix: str) -> AsyncIterator[RedisStore]:
+    store = RedisStore.from_url(redis_server.url, idle_timeout=60, prefix=prefix, socket_timeout=0.5)
     try:
         yield store
     finally:
@@ -45,6 +71,13 @@ async def other_replica(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+async def until_gone(store: RedisStore, key: str) -> None:
+    """Redis expires keys by its own clock: wait (bounded) until `key` is gone."""
+    async with asyncio.timeout(10):
+        while await store.client.exists(key):
+            await asyncio.sleep(0.005)
 
 
 async def test_values_and_chat_prompts_round_trip(store: RedisStore) -> None:
@@ -78,8 +111,69 @@ async def test_loading_refreshes_the_idle_ttl(store: RedisStore) -> None:
     await store.load(sid)
     assert await store.client.pttl(key) > 50_000  # back to the 60 s idle timeout
     await store.client.pexpire(key, 1)
-    await asyncio.sleep(0.05)
+    await until_gone(store, key)
     assert await store.load(sid) is None
+
+
+async def test_undecodable_data_is_a_fresh_session_and_is_left_to_expire(store: RedisStore) -> None:
+    # Regression (issue 13): the load refreshed the TTL and then failed to decode, so the
+    # session answered 503 for as long as its user kept retrying.
+    sid = new_id()
+    key = f"{store.prefix}session:{sid}"
+    await store.client.hset(key, "chat_prompt", b"{written by another version")
+    await store.client.pexpire(key, 5000)
+    assert await store.load(sid) is None
+    assert 0 < await store.client.pttl(key) <= 5000  # not refreshed: it goes when it was due
+
+
+async def test_a_session_over_max_session_bytes_is_refused_and_the_stored_one_kept(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    small = RedisStore.from_url(redis_server.url, prefix=prefix, max_session_bytes=100)
+    try:
+        sid = new_id()
+        await small.save(sid, {"a": "x" * 50}, ())
+        with pytest.raises(SessionTooLarge):
+            await small.save(sid, {"b": "y" * 60}, ())
+        await small.save(sid, {"b": "y" * 60}, ["a"])  # what is removed makes room
+        assert await small.load(sid) == {"b": "y" * 60}
+    finally:
+        await small.close()
+
+
+async def test_max_sessions_drops_the_least_recently_used_whichever_replica_saved_them(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    # Regression (issue 13): the Redis store had no bound at all.
+    one = RedisStore.from_url(redis_server.url, prefix=prefix, max_sessions=3)
+    two = RedisStore.from_url(redis_server.url, prefix=prefix, max_sessions=3)
+    try:
+        await one.save("a", {"n": 1}, ())
+        await two.save("b", {"n": 2}, ())
+        await one.save("c", {"n": 3}, ())
+        assert await two.load("a") == {"n": 1}  # used: "b" is now the least recently used
+        await two.save("d", {"n": 4}, ())
+        assert await one.load("b") is None
+        assert [await one.load(s) for s in "acd"] == [{"n": 1}, {"n": 3}, {"n": 4}]
+        assert await one.client.zcard(f"{prefix}sessions-by-use") == 3
+        await one.delete("a")
+        assert await one.client.zcard(f"{prefix}sessions-by-use") == 2
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_sessions_redis_expired_leave_the_index(redis_server: RedisServer, prefix: str) -> None:
+    short = RedisStore.from_url(redis_server.url, prefix=prefix, idle_timeout=0.05)
+    try:
+        await short.save("gone", {"n": 1}, ())
+        await until_gone(short, f"{prefix}session:gone")
+        async with asyncio.timeout(10):  # its index entry ages past the idle timeout by Redis's clock
+            while await short.client.zscore(f"{prefix}sessions-by-use", "gone") is not None:
+                await short.save("new", {"n": 2}, ())
+        assert await short.client.zrange(f"{prefix}sessions-by-use", 0, -1) == [b"new"]
+    finally:
+        await short.close()
 
 
 async def test_the_lock_holds_across_replicas_and_only_its_owner_releases_it(
@@ -96,18 +190,44 @@ async def test_the_lock_holds_across_replicas_and_only_its_owner_releases_it(
 
 
 async def test_a_lock_outlives_lock_timeout_while_held_and_lapses_when_its_holder_dies(
-    redis_server: RedisServer, other_replica: RedisStore
+    store: RedisStore, other_replica: RedisStore, ticks: ManualSleep
 ) -> None:
-    holder = RedisStore.from_url(redis_server.url, lock_timeout=0.6, socket_timeout=0.5)
     sid = new_id()
-    assert await holder.try_lock(sid, "long-generation")
-    await asyncio.sleep(2.0)  # more than three lock timeouts: renewed while held
-    assert not await other_replica.try_lock(sid, "someone-else")
-    await holder.close()  # a replica that dies stops renewing, without unlocking
-    async with asyncio.timeout(10):
-        while not await other_replica.try_lock(sid, "someone-else"):
-            await asyncio.sleep(0.1)
+    key = f"{store.prefix}lock:{sid}"
+    assert await store.try_lock(sid, "long-generation")
+    for _ in range(3):  # three lock timeouts, each nearly run out when its renewal comes
+        await store.client.pexpire(key, 200)
+        await ticks.tick()
+        async with asyncio.timeout(10):
+            while await store.client.pttl(key) <= 200:
+                await asyncio.sleep(0.005)
+        assert not await other_replica.try_lock(sid, "someone-else")
+    await store.close()  # a replica that dies stops renewing, without unlocking
+    await other_replica.client.pexpire(key, 1)  # its time runs out
+    await until_gone(other_replica, key)
+    assert await other_replica.try_lock(sid, "someone-else")
     await other_replica.unlock(sid, "someone-else")
+
+
+async def test_a_lock_whose_request_ended_without_unlocking_is_no_longer_renewed(
+    store: RedisStore, other_replica: RedisStore, ticks: ManualSleep
+) -> None:
+    sid = new_id()
+    key = f"{store.prefix}lock:{sid}"
+
+    async def request_that_forgets_to_unlock() -> None:
+        assert await store.try_lock(sid, "leaky")
+
+    await asyncio.create_task(request_that_forgets_to_unlock())
+    await ticks.tick()
+    async with asyncio.timeout(10):  # the renewer saw its request gone and stopped
+        while store._renewers:
+            await asyncio.sleep(0.005)
+    assert not await other_replica.try_lock(sid, "next")  # still held until its time runs out
+    await store.client.pexpire(key, 1)
+    await until_gone(store, key)
+    assert await other_replica.try_lock(sid, "next")
+    await other_replica.unlock(sid, "next")
 
 
 async def test_an_outage_fails_fast_and_the_store_recovers_when_redis_returns(
@@ -137,8 +257,27 @@ async def test_an_outage_fails_fast_and_the_store_recovers_when_redis_returns(
 
 def test_the_gateway_selects_redis_from_settings(redis_server: RedisServer) -> None:
     from gateway.app import make_store
-    from gateway.settings import Settings
 
-    store = make_store(Settings(session_store=redis_server.url, session_idle_timeout=42))
+    settings = Settings(session_store=redis_server.url, session_idle_timeout=42, max_sessions=7, max_session_bytes=8192)
+    store = make_store(settings)
     assert isinstance(store, RedisStore)
-    assert store.idle_timeout == 42
+    assert (store.idle_timeout, store.max_sessions, store.max_session_bytes) == (42, 7, 8192)
+
+
+async def test_a_session_that_cannot_be_decoded_is_answered_as_a_fresh_one(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    # Regression (issue 13): 503 on every request of that session, for as long as it was retried.
+    store = RedisStore.from_url(redis_server.url, prefix=prefix)
+    settings = Settings(session_secret=["redis-test-secret-0123456789"], secure_cookies=False)
+    app = create_app(settings, chat_stream=ChatStream(engine=FakeEngine()), store=store)
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        assert (await client.post("/chat_stream", json={"user_input": "hello"})).status_code == 200
+        [key] = await store.client.keys(f"{prefix}session:*")
+        await store.client.hset(key, "chat_prompt", b'{"__chat_prompt__": "prompts:ChatPrompt", "data": 7}')
+        for _ in range(2):
+            r = await client.get("/get_prompt")
+            assert r.status_code == 200 and r.json()["messages"] == []
+        r = await client.post("/chat_stream", json={"user_input": "starting afresh"})
+        assert r.status_code == 200 and "event: done" in r.text
+        assert (await client.get("/get_prompt")).json()["messages"][0]["content"] == "starting afresh"

@@ -32,6 +32,9 @@
   const NETWORK_LOST = "Could not reach the server. Check the connection and try again; your message is still in the box.";
 
   let busy = false;
+  // The conversation is drawn from the server: a turn sent before that would be wiped
+  // by the drawing, so sending waits for it (the typed text stays in the box).
+  let loaded = false;
   let controller = null;
 
   // --- Markdown: a small subset, built as DOM nodes ---------------------------------------
@@ -246,9 +249,10 @@
 
   function updateButtons() {
     ui.send.hidden = busy;
+    ui.send.disabled = !loaded;
     ui.stop.hidden = !busy;
-    ui.regenerate.disabled = busy || lastAnswer() === null;
-    ui.clear.disabled = busy;
+    ui.regenerate.disabled = busy || !loaded || lastAnswer() === null;
+    ui.clear.disabled = busy || !loaded;
   }
 
   function setBusy(on) {
@@ -370,7 +374,7 @@
   }
 
   async function send(regenerate) {
-    if (busy) return;
+    if (busy || !loaded) return;
     const text = ui.input.value;
     if (!regenerate && !text.trim()) {
       ui.input.focus();
@@ -455,25 +459,28 @@
   }
 
   async function loadConversation() {
-    let data;
+    ui.conversation.setAttribute("aria-busy", "true");
     try {
       const response = await fetch("/get_prompt", { cache: "no-store" });
       if (!response.ok) {
         showNotice(await refusalMessage(response));
         return;
       }
-      data = await response.json();
+      const data = await response.json();
+      clearMessages();
+      for (const m of data.messages || []) {
+        if (m.role !== "user" && m.role !== "assistant") continue;
+        const msg = addMessage(m.role, m.content);
+        if (m.role === "assistant") msg.dataset.state = "done";
+      }
     } catch {
       showNotice("Could not reach the server to load the conversation.");
-      return;
+    } finally {
+      loaded = true;
+      ui.conversation.removeAttribute("aria-busy");
+      ui.conversation.dataset.loaded = "true";
+      updateButtons();
     }
-    clearMessages();
-    for (const m of data.messages || []) {
-      if (m.role !== "user" && m.role !== "assistant") continue;
-      const msg = addMessage(m.role, m.content);
-      if (m.role === "assistant") msg.dataset.state = "done";
-    }
-    updateButtons();
   }
 
   // --- generation settings ---------------------------------------------------------------------

@@ -1,0 +1,31 @@
+"""Offload: request work that would block the event loop runs on one worker thread instead.
+
+Rendering a conversation (a Jinja chat template) and tokenizing it takes
+milliseconds for a short conversation and far longer for a long one; on the
+event loop that time is a stall in every other stream's tokens. Both APIs
+render through `Core.offload`. One worker: renders queue behind each other
+rather than compete with the loop for the interpreter, and a tokenizer is
+never used from two threads at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Offload:
+    """`await offload(fn, *args)`: `fn(*args)` on the worker thread, its result or its exception back here."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatstream-render")
+
+    async def __call__(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
