@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.core.errors import GatewayError, Unauthorized
+from gateway.http.asgi import route_path
 
 
 def bearer_key(authorization: str) -> str | None:
@@ -114,7 +115,9 @@ class APIKeyMiddleware:
         self.on_refusal = on_refusal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_protected(scope["path"], self.metrics_auth):
+        # The routed path, not scope["path"]: under a mount or --root-path the latter carries the prefix.
+        path = route_path(scope) if scope["type"] == "http" else ""
+        if scope["type"] != "http" or not is_protected(path, self.metrics_auth):
             await self.app(scope, receive, send)
             return
         header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
@@ -124,7 +127,7 @@ class APIKeyMiddleware:
             return
         error = Unauthorized("a valid API key is required" if header is None else "the API key is not valid")
         if self.on_refusal is not None:
-            self.on_refusal(scope["path"].lstrip("/"), error)
+            self.on_refusal(path.lstrip("/"), error)
         headers = [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": json.dumps(self.error_body(error)).encode()})
