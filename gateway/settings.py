@@ -55,6 +55,9 @@ class Config(BaseModel):
     concurrency: int = Field(32, ge=1, description="generations running at once (num_of_concurrent_executions)")
     queue_size: int = Field(128, ge=0, description="requests that may wait for a slot; the next gets 429")
     queue_timeout: float = Field(60.0, gt=0, description="seconds a request may wait for a slot before a 503")
+    token_budget: int | None = Field(
+        None, ge=1, description="most tokens in flight: prompt + max_tokens of the running generations (default: none)"
+    )
     drain_timeout: float = Field(30.0, ge=0, description="seconds in-flight streams get to finish on SIGTERM")
     exit_on_engine_death: bool = Field(
         True, description="exit with status 1 when the engine dies, so a supervisor restarts the process"
