@@ -95,13 +95,16 @@ class Config(BaseModel):
     secure_cookies: bool = Field(True, description="send the session cookie over HTTPS only")
     cookie_name: str = Field("chatstream_session", description="session cookie name")
     conversation_db: str | None = Field(
-        None, description="keep each user's conversations in sqlite:///PATH or postgresql://... (needs --users-file)"
+        None, description="keep each key's user's conversations in sqlite:///PATH or postgresql://... (needs keys)"
     )
-    users_file: Path | None = Field(None, description="file of 'API_KEY USER_ID' lines for --conversation-db")
 
     # --- access
-    api_key: list[SecretStr] = Field(default_factory=list, description="bearer keys for the API routes (repeatable)")
-    api_key_file: Path | None = Field(None, description="file with one API key per line")
+    api_key: list[SecretStr] = Field(
+        default_factory=list, description="bearer keys for the API routes, each its own user (repeatable)"
+    )
+    keys_file: Path | None = Field(
+        None, description="file of 'KEY [USER] [class=... weight=... concurrent_requests=... ...]' lines"
+    )
     metrics_auth: bool = Field(False, description="require an API key for /metrics")
     cors_origin: list[str] = Field(
         default_factory=list, description="origins allowed to call the API from a browser (repeatable)"
@@ -138,12 +141,6 @@ class Config(BaseModel):
         keys = [s.get_secret_value() for s in self.session_secret]
         if self.session_secret_file is not None:
             keys += [line.strip() for line in self.session_secret_file.read_text().splitlines() if line.strip()]
-        return keys
-
-    def api_keys(self) -> list[str]:
-        keys = [k.get_secret_value() for k in self.api_key]
-        if self.api_key_file is not None:
-            keys += [line.strip() for line in self.api_key_file.read_text().splitlines() if line.strip()]
         return keys
 
 

@@ -24,7 +24,7 @@ KEY, FILE_KEY = "sk-first-key", "sk-from-the-file"
 async def gateway(fake_engine: FakeEngine, tmp_path: Path) -> AsyncIterator[Gateway]:
     key_file = tmp_path / "keys"
     key_file.write_text(f"\n{FILE_KEY}\n\n")
-    async with running_gateway(fake_engine, api_key=[KEY], api_key_file=key_file) as gw:
+    async with running_gateway(fake_engine, api_key=[KEY], keys_file=key_file) as gw:
         yield gw
 
 
