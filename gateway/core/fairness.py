@@ -114,10 +114,14 @@ class FairQueue(Generic[T]):
         return self._last_served.counter if self._last_served is not None else 0.0
 
     def head(self) -> tuple[FairUser[T], T] | None:
-        """The request to serve next: the least-served backlogged user's first (arrival breaks ties)."""
+        """The request to serve next: the least-served backlogged user's first.
+
+        Ties (a newcomer is lifted to exactly the smallest counter) go to the user
+        holding fewer places per weight, then to the earlier arrival.
+        """
         if not self._backlogged:
             return None
-        user = min(self._backlogged, key=lambda u: (u.counter, u.waiting[0][1]))
+        user = min(self._backlogged, key=lambda u: (u.counter, u.load, u.waiting[0][1]))
         return user, user.waiting[0][2]
 
     def pop(self, user: FairUser[T], prompt_tokens: int, max_tokens: int) -> T:
