@@ -169,7 +169,7 @@ class AdmissionController:
         self.token_budget = token_budget
         self.clock = clock
         self._fair: FairQueue[Ticket] = FairQueue()
-        self._quotas = Quotas(clock)
+        self._quotas = Quotas()
         self._seq = itertools.count()
         self._pending = 0
         self._running = 0
@@ -196,7 +196,7 @@ class AdmissionController:
         if self._draining:
             raise EngineUnavailable("the gateway is shutting down", retry_after=5)
         now = self.clock()
-        quota = self._quotas.of(principal.quota, principal.limits)
+        quota = self._quotas.of(principal.quota, principal.limits, now)
         if quota is not None:
             quota.check_request(now, self._mean_hold)
         if self._held >= self.capacity + self.queue_size:

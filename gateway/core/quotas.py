@@ -10,13 +10,10 @@ refusal names the limit it hit and when to come back.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.core.errors import LimitReached
 from gateway.core.principal import Limits
-
-Clock = Callable[[], float]
 
 
 @dataclass(slots=True)
@@ -28,8 +25,9 @@ class _Bucket:
     updated: float
 
     def refill(self, now: float) -> float:
-        self.level = min(float(self.per_minute), self.level + (now - self.updated) * self.per_minute / 60)
-        self.updated = now
+        if now > self.updated:
+            self.level = min(float(self.per_minute), self.level + (now - self.updated) * self.per_minute / 60)
+            self.updated = now
         return self.level
 
     def seconds_until(self, level: float) -> float:
@@ -88,15 +86,14 @@ class Quota:
 class Quotas:
     """The counters of every key with limits, created on its first request."""
 
-    def __init__(self, clock: Clock) -> None:
-        self._clock = clock
+    def __init__(self) -> None:
         self._by_key: dict[str, Quota] = {}
 
-    def of(self, key: str | None, limits: Limits) -> Quota | None:
+    def of(self, key: str | None, limits: Limits, now: float) -> Quota | None:
         if key is None or not limits.any_quota:
             return None
         quota = self._by_key.get(key)
         if quota is None:
             # Keys come from the keys file: a fixed, small set, so nothing here needs pruning.
-            quota = self._by_key[key] = Quota(limits, self._clock())
+            quota = self._by_key[key] = Quota(limits, now)
         return quota

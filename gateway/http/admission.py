@@ -80,7 +80,8 @@ class AdmissionMiddleware:
             claim.release()  # nothing if the runner already released it
 
     async def _refuse(self, send: Send, path: str, error: GatewayError) -> None:
-        headers = [(b"content-type", b"application/json")]
+        body = json.dumps(self.error_body(path, error)).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         headers += [(k.lower().encode(), v.encode()) for k, v in error_headers(error).items()]
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
-        await send({"type": "http.response.body", "body": json.dumps(self.error_body(path, error)).encode()})
+        await send({"type": "http.response.body", "body": body})

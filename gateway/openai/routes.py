@@ -125,6 +125,8 @@ class OpenAIRoutes:
             route=route,
             prompt_token_ids=ids,
             options=options,
+            priority=body.priority,
+            user=body.user,
         )
         fmt = OpenAIFormat(gen, self.model_name, chat=chat, streaming=body.stream, include_usage=body.include_usage)
         return _GenerationResponse(self.core, request, gen, fmt, self.callback)
