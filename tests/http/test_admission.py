@@ -31,6 +31,7 @@ sk-one        one     class=capped concurrent_requests=1
 sk-rpm        rpm     class=capped requests_per_minute=1
 sk-tpm        tpm     class=capped tokens_per_minute=50
 sk-admin      ops     class=admin
+sk-split      split   class=bulk user_field=yes
 """
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -362,3 +363,27 @@ async def test_without_an_admin_key_there_is_no_admin_endpoint(fake_engine: Fake
         assert (await client.get("/admin/fairness", headers=auth("sk-plain"))).status_code == 403
     async with running_gateway(fake_engine) as gw, client_of(gw) as client:
         assert (await client.get("/admin/fairness")).status_code == 404
+
+
+async def test_the_user_is_the_key_else_the_session_else_the_client(fake_engine: FakeEngine, tmp_path: Path) -> None:
+    async with keyed_gateway(fake_engine, tmp_path) as gw, client_of(gw) as client, client_of(gw) as cookieless:
+        assert (await client.post("/chat_stream", json={"user_input": "a session"})).status_code == 200
+        fake_engine.gate = asyncio.Event()
+        requests = [
+            client.post("/chat_stream", json={"user_input": "with a cookie"}),
+            cookieless.post("/chat_stream", json={"user_input": "with a key"}, headers=auth("sk-light")),
+            cookieless.post("/chat_stream", json={"user_input": "no cookie, no key"}),
+            client.post("/v1/chat/completions", json={**CHAT, "user": "alice"}, headers=auth("sk-split")),
+            client.post("/v1/chat/completions", json={**CHAT, "user": "bob"}, headers=auth("sk-other")),
+        ]
+        tasks = [asyncio.create_task(r) for r in requests]
+        await eventually(lambda: len(fake_engine.running) == len(tasks))
+        users = {u["user"]: u["class"] for u in gw.app.state.core.admission.fairness()["users"]}
+        sessions = [name for name in users if name.startswith("session:")]
+        assert len(sessions) == 1 and users[sessions[0]] == "session"
+        assert users["light"] == "interactive"  # a key on /chat_stream is an authenticated user
+        assert users["client:127.0.0.1"] == "anonymous"
+        assert users["split/alice"] == "bulk"  # `user` names a user under a key with user_field=yes
+        assert users["other"] == "interactive" and "other/bob" not in users
+        fake_engine.gate.set()
+        assert [t.status_code for t in await asyncio.gather(*tasks)] == [200] * len(tasks)
