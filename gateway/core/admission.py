@@ -331,5 +331,5 @@ class AdmissionController:
             "tokens_in_flight": self._tokens_in_flight,
             "draining": self._draining,
             "token_weights": {"prompt": PROMPT_WEIGHT, "output": OUTPUT_WEIGHT},
-            "users": self._fair.snapshot(),
+            **self._fair.snapshot(),
         }

@@ -160,11 +160,12 @@ class FairQueue(Generic[T]):
     def __iter__(self) -> Iterator[FairUser[T]]:
         return iter(self._users.values())
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        """Every user known, least served first; counters relative to the floor (0 = next in line)."""
+    def snapshot(self) -> dict[str, Any]:
+        """The users holding places, least served first, with counters relative to the floor (0 = next in line);
+        and how many idle users are remembered (their counters still above the floor)."""
         floor = self.floor()
-        users = sorted(self._users.values(), key=lambda u: u.counter)
-        return [
+        users = sorted((u for u in self._users.values() if u.places), key=lambda u: u.counter)
+        active = [
             {
                 "user": u.name,
                 "class": u.user_class,
@@ -177,3 +178,4 @@ class FairQueue(Generic[T]):
             }
             for u in users
         ]
+        return {"users": active, "idle_users_remembered": len(self._idle)}

@@ -2,9 +2,10 @@
 
 Mounted only when the keys file has a key of the `admin` class, and guarded
 by it (APIKeyMiddleware answers 401 without a valid key, 403 for another
-class). It shows each user's name (a key's user, `session:<digest>` or
-`client:<address>`), class, weight, counter (0 is next in line), places held,
-running and waiting requests and tokens served; never a key or a session id.
+class). It shows each user holding a place: its name (a key's user,
+`session:<digest>` or `client:<address>`), class, weight, counter (0 is next in
+line), places, running and waiting requests and tokens served; never a key or
+a session id.
 """
 
 from __future__ import annotations

@@ -319,7 +319,7 @@ async def test_every_place_is_given_back_exactly_once_under_any_mix(seed: int) -
         ticket.release()
     await settle()
     assert admission.load() == Load(0, 0, capacity, queue_size)
-    assert all(u["places"] == 0 and u["running"] == 0 and u["waiting"] == 0 for u in admission.fairness()["users"])
+    assert admission.fairness()["users"] == []  # nobody holds a place
     # Every key's concurrency is whole again.
     admission.claim(principals[2]).release()
     admission.claim(principals[2]).release()
