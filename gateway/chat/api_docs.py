@@ -29,7 +29,7 @@ _ERRORS = {
     409: "a generation is already running in this session",
     413: "the body is larger than the limit",
     422: "the body does not match the schema",
-    429: "the admission queue is full (see Retry-After)",
+    429: "every admission place is taken, or a limit of the key sent is reached (see Retry-After)",
     503: "the engine is not ready, the gateway is draining, the queue wait timed out or the session store is down",
 }
 
