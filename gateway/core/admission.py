@@ -191,6 +191,11 @@ class AdmissionController:
     def draining(self) -> bool:
         return self._draining
 
+    def holds_place(self, user: str) -> bool:
+        """Whether `user` has a request let in and not yet ended."""
+        state = self._fair.get(user)
+        return state is not None and state.places > 0
+
     def claim(self, principal: Principal = ANONYMOUS) -> Ticket:
         """Claim a place for `principal` now, or raise Overloaded (LimitReached, Displaced) / EngineUnavailable."""
         if self._draining:

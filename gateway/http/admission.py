@@ -23,10 +23,12 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.core.admission import CLAIM_STATE, AdmissionController
-from gateway.core.errors import EngineUnavailable, GatewayError, error_headers
+from gateway.core.errors import EngineUnavailable, GatewayError, Overloaded, SessionBusy, error_headers
 from gateway.http.asgi import route_path
 from gateway.http.identity import Identify
+from gateway.http.keys import SESSION_CLASS
 
+SESSION_BUSY = "a generation is already running in this session; wait for it or stop it"
 GENERATION_PATHS = frozenset({"/chat_stream", "/v1/chat/completions", "/v1/completions", "/v1/responses"})
 
 # (route, error, user class): counts a refusal in the metrics.
@@ -67,7 +69,14 @@ class AdmissionMiddleware:
         try:
             if not self.ready():
                 raise EngineUnavailable("the engine is not available", retry_after=5)
-            claim = self.admission.claim(principal)
+            try:
+                claim = self.admission.claim(principal)
+            except Overloaded:
+                # A session runs one generation at a time: if its own is still in flight, that
+                # is the truthful answer (the page says so), not that the server is busy.
+                if principal.user_class == SESSION_CLASS and self.admission.holds_place(principal.user):
+                    raise SessionBusy(SESSION_BUSY) from None
+                raise
         except GatewayError as error:
             if self.on_refusal is not None:
                 self.on_refusal(path.lstrip("/"), error, principal.user_class)

@@ -387,3 +387,24 @@ async def test_the_user_is_the_key_else_the_session_else_the_client(fake_engine:
         assert users["other"] == "interactive" and "other/bob" not in users
         fake_engine.gate.set()
         assert [t.status_code for t in await asyncio.gather(*tasks)] == [200] * len(tasks)
+
+
+async def test_a_full_queue_tells_a_session_with_a_generation_in_flight_that_it_is_busy(
+    fake_engine: FakeEngine, tmp_path: Path
+) -> None:
+    """The second tab of a conversation whose answer holds the only place hears 409 (as with room), not 429."""
+    async with (
+        keyed_gateway(fake_engine, tmp_path, concurrency=1, queue_size=0) as gw,
+        client_of(gw) as tab,
+        client_of(gw) as stranger,
+    ):
+        assert (await tab.post("/chat_stream", json={"user_input": "first"})).status_code == 200
+        fake_engine.gate = asyncio.Event()
+        first = asyncio.create_task(tab.post("/chat_stream", json={"user_input": "long answer"}))
+        await eventually(lambda: load_of(gw) == (1, 0))
+        second_tab = await tab.post("/chat_stream", json={"user_input": "again"})
+        assert second_tab.status_code == 409 and second_tab.json()["error"]["type"] == "session_busy"
+        other = await stranger.post("/chat_stream", json={"user_input": "me too"})
+        assert other.status_code == 429 and other.json()["error"]["type"] == "too_many_requests"
+        fake_engine.gate.set()
+        assert (await first).status_code == 200
