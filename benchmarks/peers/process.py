@@ -84,14 +84,20 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def running(
-    name: str, command: Sequence[str], port: int, log_dir: Path, env: Mapping[str, str], timeout: float = 300.0
+    name: str,
+    command: Sequence[str],
+    port: int,
+    log_dir: Path,
+    env: Mapping[str, str],
+    timeout: float = 300.0,
+    cwd: Path | None = None,
 ) -> Iterator[Server]:
-    """Start `command` (which must listen on 127.0.0.1:`port`), wait until it is ready, stop it afterwards."""
+    """Start `command` (which must listen on 127.0.0.1:`port`) in `cwd`, wait until it is ready, stop it afterwards."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            list(command), stdout=log, stderr=subprocess.STDOUT, env=dict(env), start_new_session=True
+            list(command), stdout=log, stderr=subprocess.STDOUT, env=dict(env), cwd=cwd, start_new_session=True
         )
     server = Server(name, f"http://127.0.0.1:{port}", process, log_path)
     try:

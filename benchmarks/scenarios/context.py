@@ -45,11 +45,12 @@ class Context:
     ) -> Iterator[peers.Server]:
         """A peer running for the block (logs under `<out>/logs/<name>.log`).
 
-        `source`: a checkout whose gateway runs instead of this one (first on the peer's path).
+        `source`: a checkout whose gateway runs instead of this one: the peer starts in it (`python -m`
+        puts the working directory first on the path) with only it on PYTHONPATH.
         """
         self.ui.note(f"starting {name}")
         env = self._env if source is None else {**self._env, "PYTHONPATH": str(source.resolve())}
-        with peers.running(name, command, port, self._logs, env, timeout=timeout) as server:
+        with peers.running(name, command, port, self._logs, env, timeout=timeout, cwd=source) as server:
             self.ui.note(f"{name} ready at {server.url} (pid {server.pid})")
             yield server
 
