@@ -1,7 +1,8 @@
 """`python -m benchmarks` / `chatstream-gateway bench`: the scenario suite, or one load against one target.
 
 python -m benchmarks suite --quick --model models/tiny --out DIR     # what `make bench` runs
-python -m benchmarks suite --model models/tiny --out DIR             # all six scenarios (`make bench-full`)
+python -m benchmarks suite --model models/tiny --out DIR             # all eight scenarios (`make bench-full`)
+python -m benchmarks suite --scenarios 2,8 --baseline /tmp/main --out DIR  # admission, beside another checkout
 python -m benchmarks load --target openai --url http://127.0.0.1:8000 --model NAME --concurrency 1,16,64
 python -m benchmarks load --target chat_stream --url URL --rate 5 --num-requests 200
 python -m benchmarks load --target chat_stream --url URL --turns 20 --conversations 8 --concurrency 4
@@ -39,6 +40,8 @@ async def _suite(args: argparse.Namespace) -> int:
     plan = make(args.model, Path(args.out), scenarios)
     if args.no_profile:
         plan = dataclasses.replace(plan, profile=False)
+    if args.baseline:
+        plan = dataclasses.replace(plan, baseline=Path(args.baseline))
     plan.out.mkdir(parents=True, exist_ok=True)
     load_start = list(os.getloadavg())
     started = time.monotonic()
@@ -163,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--scenarios", default="", help="comma-separated scenario numbers (default all)")
     suite.add_argument("--no-profile", action="store_true", help="skip the py-spy pass over the gateway")
     suite.add_argument("--no-progress", action="store_true", help="no progress bars")
+    suite.add_argument(
+        "--baseline",
+        help="a checkout of another gateway version (e.g. main) that scenarios 2 and 8 measure too, in the same run",
+    )
 
     one = commands.add_parser("load", help="drive one running target with one load shape")
     one.add_argument("--target", choices=["chat_stream", "openai", "plain", "engine"], required=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-SCENARIOS = (1, 2, 3, 4, 5, 6, 7)
+SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8)
 SWEEP_TARGETS = ("engine", "gateway-chat_stream", "gateway-openai", "vllm-server", "original")
 
 
@@ -48,7 +48,20 @@ class Plan:
     # scenario 7: the front end beside vLLM's server (streaming with include_usage)
     frontend_levels: tuple[int, ...] = (1, 16, 64, 256, 512)
     frontend_tokens: int = 128
+    # scenario 8: ten light users beside one flooder (16x the slots in flight, long answers),
+    # and beside a crowd of ten more light users; `fair_seconds` measured after `fair_warmup`
+    fair_slots: int = 4
+    fair_queue: int = 128
+    fair_light_users: int = 10
+    fair_flood_factor: int = 16
+    fair_light_tokens: int = 16
+    fair_flood_tokens: int = 256
+    fair_warmup: float = 5.0
+    fair_seconds: float = 40.0
     profile: bool = True
+    # A checkout of another gateway version (e.g. `git worktree add /tmp/main main`) that scenarios 2 and 8
+    # also measure, in the same run: the figure to compare with (first-come-first-served admission).
+    baseline: Path | None = None
 
     def requests_at(self, concurrency: int, target: str) -> int:
         if target == "original":  # ~300 tokens/s: one wave per level keeps it to about a minute
@@ -84,6 +97,14 @@ def quick_plan(model: str, out: Path, scenarios: tuple[int, ...] = SCENARIOS) ->
         memory_users=16,
         frontend_levels=(1, 4),
         frontend_tokens=16,
+        fair_slots=2,
+        fair_queue=16,
+        fair_light_users=4,
+        fair_flood_factor=4,
+        fair_light_tokens=4,
+        fair_flood_tokens=32,
+        fair_warmup=0.5,
+        fair_seconds=3.0,
         profile=False,
     )
 

@@ -12,6 +12,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
@@ -19,14 +20,19 @@ from starlette.responses import JSONResponse, Response
 from gateway.chat import ChatStream, api_docs
 from gateway.conversations import ConversationIdHeader, PersistentConversations
 from gateway.core import CompletionCallback, Core, Engine
+from gateway.core.errors import GatewayError, error_body
 from gateway.core.metrics import CONTENT_TYPE
 from gateway.http.access_log import AccessLogMiddleware
+from gateway.http.admin import add_admin_routes
+from gateway.http.admission import AdmissionMiddleware
 from gateway.http.auth import APIKeyMiddleware, UserKeys
 from gateway.http.errors import add_error_handlers
+from gateway.http.identity import identify_by
+from gateway.http.keys import read_keys_file, shorthand_keys
 from gateway.http.page import add_cors, add_page
 from gateway.openai import add_openai_routes
 from gateway.openai.format import openai_error_body
-from gateway.sessions import MemoryStore, RedisStore, SessionMiddleware, SessionStore
+from gateway.sessions import MemoryStore, RedisStore, SessionCookie, SessionMiddleware, SessionStore
 from gateway.settings import Config, Settings
 
 logger = logging.getLogger(__name__)
@@ -65,15 +71,30 @@ async def check_store(store: SessionStore) -> None:
         raise RuntimeError(message) from exc
 
 
-def make_chat_stream(config: Config, engine: Engine | None = None) -> ChatStream:
+def make_user_keys(config: Config) -> UserKeys | None:
+    """The API keys `config` names (`--api-key` and `--keys-file`), or None when there are none."""
+    entries = shorthand_keys(k.get_secret_value() for k in config.api_key)
+    if config.keys_file is not None:
+        entries += read_keys_file(config.keys_file)
+    return UserKeys(entries) if entries else None
+
+
+def make_chat_stream(config: Config, engine: Engine | None = None, keys: UserKeys | None = None) -> ChatStream:
     """The ChatStream these settings describe; `engine` replaces vLLM (tests, benchmarks)."""
     chat = ChatStream(core=Core(config, engine))
     if config.conversation_db is not None:
-        if config.users_file is None:
-            raise ValueError("--conversation-db needs --users-file (lines of 'API_KEY USER_ID')")
-        users = UserKeys.from_file(config.users_file)
-        chat.conversations = PersistentConversations(users, config.conversation_db, chat.new_prompt)
+        keys = keys or make_user_keys(config)
+        if keys is None:
+            raise ValueError(
+                "--conversation-db needs API keys (--keys-file or --api-key): conversations are the keys' users'"
+            )
+        chat.conversations = PersistentConversations(keys, config.conversation_db, chat.new_prompt)
     return chat
+
+
+def _error_body(path: str, error: GatewayError) -> Any:
+    """A refusal in the shape of the path's API: OpenAI's under /v1, the gateway's own elsewhere."""
+    return openai_error_body(error) if path.startswith("/v1/") else error_body(error)
 
 
 def create_app(
@@ -92,7 +113,8 @@ def create_app(
     Configuration errors raise ValueError here, not on the first request.
     """
     config = config or Settings()
-    chat = chat_stream or make_chat_stream(config, engine)
+    keys = make_user_keys(config)
+    chat = chat_stream or make_chat_stream(config, engine, keys)
     core = chat.core
     store = make_store(config) if store is None else store
 
@@ -125,6 +147,16 @@ def create_app(
         store=store,
         cookie_name=config.cookie_name,
         secure=config.secure_cookies,
+    )
+    # Outside the sessions (and inside the key check): a generation claims its place, or
+    # is refused, before its session is loaded; it tells sessions apart by their signed ids.
+    app.add_middleware(
+        AdmissionMiddleware,
+        admission=core.admission,
+        identify=identify_by(keys, SessionCookie(secret_keys, config.cookie_name)),
+        error_body=_error_body,
+        ready=core.engine.is_healthy,
+        on_refusal=core.count_refusal,
     )
     add_error_handlers(app)
 
@@ -170,11 +202,12 @@ def create_app(
         return Response(core.metrics.render(), media_type=CONTENT_TYPE)
 
     add_openai_routes(app, core, callback)
-    api_keys = config.api_keys()
-    if api_keys:
+    if keys is not None:
+        if keys.has_admin:
+            add_admin_routes(app, core.admission)
         app.add_middleware(
             APIKeyMiddleware,
-            keys=api_keys,
+            keys=keys,
             error_body=openai_error_body,
             metrics_auth=config.metrics_auth,
             on_refusal=core.count_refusal,

@@ -59,6 +59,9 @@ class Config(BaseModel):
     concurrency: int = Field(32, ge=1, description="generations running at once (num_of_concurrent_executions)")
     queue_size: int = Field(128, ge=0, description="requests that may wait for a slot; the next gets 429")
     queue_timeout: float = Field(60.0, gt=0, description="seconds a request may wait for a slot before a 503")
+    token_budget: int | None = Field(
+        None, ge=1, description="most tokens in flight: prompt + max_tokens of the running generations (default: none)"
+    )
     drain_timeout: float = Field(30.0, ge=0, description="seconds in-flight streams get to finish on SIGTERM")
     exit_on_engine_death: bool = Field(
         True, description="exit with status 1 when the engine dies, so a supervisor restarts the process"
@@ -104,13 +107,16 @@ class Config(BaseModel):
     secure_cookies: bool = Field(True, description="send the session cookie over HTTPS only")
     cookie_name: str = Field("chatstream_session", description="session cookie name")
     conversation_db: str | None = Field(
-        None, description="keep each user's conversations in sqlite:///PATH or postgresql://... (needs --users-file)"
+        None, description="keep each key's user's conversations in sqlite:///PATH or postgresql://... (needs keys)"
     )
-    users_file: Path | None = Field(None, description="file of 'API_KEY USER_ID' lines for --conversation-db")
 
     # --- access
-    api_key: list[SecretStr] = Field(default_factory=list, description="bearer keys for the API routes (repeatable)")
-    api_key_file: Path | None = Field(None, description="file with one API key per line")
+    api_key: list[SecretStr] = Field(
+        default_factory=list, description="bearer keys for the API routes, each its own user (repeatable)"
+    )
+    keys_file: Path | None = Field(
+        None, description="file of 'KEY [USER] [class=... weight=... concurrent_requests=... ...]' lines"
+    )
     metrics_auth: bool = Field(False, description="require an API key for /metrics")
     cors_origin: list[str] = Field(
         default_factory=list, description="origins allowed to call the API from a browser (repeatable)"
@@ -134,8 +140,8 @@ class Config(BaseModel):
     def _check_together(self) -> Config:
         if self.max_session_bytes > self.max_store_bytes:
             raise ValueError("max_session_bytes must not be larger than max_store_bytes")
-        if self.conversation_db is not None and self.users_file is None:
-            raise ValueError("conversation_db needs users_file (lines of 'API_KEY USER_ID')")
+        if self.conversation_db is not None and self.keys_file is None and not self.api_key:
+            raise ValueError("conversation_db needs API keys (--keys-file or --api-key): they name its users")
         return self
 
     @field_validator("engine_arg")
@@ -169,12 +175,6 @@ class Config(BaseModel):
         keys = [s.get_secret_value() for s in self.session_secret]
         if self.session_secret_file is not None:
             keys += [line.strip() for line in self.session_secret_file.read_text().splitlines() if line.strip()]
-        return keys
-
-    def api_keys(self) -> list[str]:
-        keys = [k.get_secret_value() for k in self.api_key]
-        if self.api_key_file is not None:
-            keys += [line.strip() for line in self.api_key_file.read_text().splitlines() if line.strip()]
         return keys
 
 

@@ -22,10 +22,15 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def serve(app: ASGIApp, port: int | None = None, lifespan: str = "on") -> AsyncIterator[str]:
-    """Serve `app` on 127.0.0.1 for the duration of the block; yields its base URL."""
+async def serve(app: ASGIApp, port: int | None = None, lifespan: str = "on", root_path: str = "") -> AsyncIterator[str]:
+    """Serve `app` on 127.0.0.1 for the duration of the block; yields its base URL.
+
+    `root_path` is uvicorn's `--root-path` (the app served behind a proxy that strips a prefix).
+    """
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan, root_path=root_path
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     async with asyncio.timeout(120):

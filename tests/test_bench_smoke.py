@@ -19,7 +19,7 @@ import pytest
 
 from benchmarks.report import PLOTS
 
-SCENARIOS = ("1", "2", "3", "4", "5", "6", "7")
+SCENARIOS = ("1", "2", "3", "4", "5", "6", "7", "8")
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +89,12 @@ def test_plots_are_png_images(quick_run: Path) -> None:
         data = (quick_run / plot).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n", plot
         assert len(data) > 5_000, plot
+
+
+def test_fairness_accounts_for_every_light_request(results: dict[str, Any]) -> None:
+    fair = results["scenarios"]["8"]["fair"]
+    for phase in ("beside_crowd", "beside_flooder"):
+        light = fair[phase]["light"]
+        assert light["requests"] == light["completed"] + sum(light["refused_by_status"].values()) + light["errors"]
+        assert light["completed"] > 0
+    assert fair["light_ttft_p99_ratio"] is not None

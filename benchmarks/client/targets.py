@@ -56,11 +56,15 @@ def token_arrived(record: RequestRecord, now: float) -> None:
 
 
 class _HTTPTarget:
-    """The HTTP part every server target shares: one connection per user, and one request's measurement."""
+    """The HTTP part every server target shares: one connection per user, and one request's measurement.
 
-    def __init__(self, name: str, url: str) -> None:
+    With `api_key`, every request carries `Authorization: Bearer <api_key>`.
+    """
+
+    def __init__(self, name: str, url: str, api_key: str | None = None) -> None:
         self.name = name
         self.url = url.rstrip("/")
+        self._headers = {"authorization": f"Bearer {api_key}"} if api_key else None
         self._users: list[User] = []
 
     def new_user(self) -> User:
@@ -79,7 +83,7 @@ class _HTTPTarget:
         assert user.conn is not None
         record = RequestRecord(started=time.perf_counter())
         try:
-            response = await user.conn.request("POST", path, json_body=body)
+            response = await user.conn.request("POST", path, json_body=body, headers=self._headers)
             record.status = response.status
             if response.status == 200:
                 await read(response, record)
@@ -129,8 +133,16 @@ class OpenAIChatTarget(_HTTPTarget):
     The client keeps the conversation (the API is stateless).
     """
 
-    def __init__(self, name: str, url: str, model: str, temperature: float = 0.7, top_p: float = 0.95) -> None:
-        super().__init__(name, url)
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        model: str,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        api_key: str | None = None,
+    ) -> None:
+        super().__init__(name, url, api_key)
         self.model = model
         self.temperature = temperature
         self.top_p = top_p

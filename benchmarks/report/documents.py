@@ -51,6 +51,27 @@ def _turn_rows(multi_turn: Result) -> list[list[str]]:
     ]
 
 
+def _fair_rows(fairness: Result) -> list[list[str]]:
+    rows = []
+    for name, label in (("fair", "this gateway"), ("baseline", f"baseline ({fairness.get('baseline_source')})")):
+        runs = fairness.get(name)
+        if not runs:
+            continue
+        crowd, flood = runs["beside_crowd"]["light"], runs["beside_flooder"]["light"]
+        refused = sum(flood["refused_by_status"].values())
+        rows.append(
+            [
+                label,
+                f"{fmt(crowd['ttft_ms']['p50'], 0)} / {fmt(crowd['ttft_ms']['p99'], 0)}",
+                f"{fmt(flood['ttft_ms']['p50'], 0)} / {fmt(flood['ttft_ms']['p99'], 0)}",
+                fmt(runs["light_ttft_p99_ratio"], 2),
+                f"{flood['requests']} ({refused})",
+                str(runs["beside_flooder"]["others"]["completed"]),
+            ]
+        )
+    return rows
+
+
 def markdown(result: Result, plots: list[str]) -> str:
     """report.md: every figure of `result` for a reader, with the `plots` that were written."""
     scenarios = result["scenarios"]
@@ -70,6 +91,7 @@ def markdown(result: Result, plots: list[str]) -> str:
             turns=_turn_rows(scenarios.get("4", {})),
             frontend_columns=FRONTEND_COLUMNS,
             frontend=frontend_rows(scenarios.get("7", {})),
+            fair_rows=_fair_rows(scenarios.get("8", {})),
             profile_rows=[[f"`{e['function']}`", f"{e['share']:.1%}"] for e in profile.get("top_self", [])],
         )
     )

@@ -40,19 +40,26 @@ class Context:
         self.checks.append(Check(scenario, figure, value, target, met, unit))
 
     @contextlib.contextmanager
-    def server(self, name: str, command: list[str], port: int, timeout: float = 300.0) -> Iterator[peers.Server]:
-        """A peer running for the block (logs under `<out>/logs/<name>.log`)."""
+    def server(
+        self, name: str, command: list[str], port: int, timeout: float = 300.0, source: Path | None = None
+    ) -> Iterator[peers.Server]:
+        """A peer running for the block (logs under `<out>/logs/<name>.log`).
+
+        `source`: a checkout whose gateway runs instead of this one: the peer starts in it (`python -m`
+        puts the working directory first on the path) with only it on PYTHONPATH.
+        """
         self.ui.note(f"starting {name}")
-        with peers.running(name, command, port, self._logs, self._env, timeout=timeout) as server:
+        env = self._env if source is None else {**self._env, "PYTHONPATH": str(source.resolve())}
+        with peers.running(name, command, port, self._logs, env, timeout=timeout, cwd=source) as server:
             self.ui.note(f"{name} ready at {server.url} (pid {server.pid})")
             yield server
 
     def gateway(
-        self, name: str, flags: peers.GatewayFlags, *, prefix_caching: bool = True
+        self, name: str, flags: peers.GatewayFlags, *, prefix_caching: bool = True, source: Path | None = None
     ) -> contextlib.AbstractContextManager[peers.Server]:
-        """The gateway on the real engine."""
+        """The gateway on the real engine; `source`: another checkout's gateway (the plan's baseline)."""
         command = peers.gateway_command(self.model, flags, prefix_caching=prefix_caching)
-        return self.server(name, command, flags.port)
+        return self.server(name, command, flags.port, source=source)
 
     def null_gateway(
         self, name: str, flags: peers.GatewayFlags, *, token_delay: float = 0.0

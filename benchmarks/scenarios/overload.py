@@ -33,6 +33,13 @@ async def run(ctx: Context) -> None:
         with ctx.gateway("gateway-overload", _flags(ctx)) as gw:
             figures = {**await _overload(ctx, gw), "engine": "vLLM, tiny model"}
         figures["null_engine"] = null
+        if plan.baseline is not None:
+            figures["baseline_source"] = str(plan.baseline)
+            try:  # the baseline failing to start keeps this gateway's figures
+                with ctx.gateway("baseline-overload", _flags(ctx), source=plan.baseline) as gw:
+                    figures["baseline"] = await _overload(ctx, gw)
+            except peers.PeerFailed as exc:
+                figures["baseline_failed"] = str(exc)[-500:]
     ctx.figures["2"] = figures
     r = ratio(figures["admitted_ttft_p99_overload_ms"], figures["admitted_ttft_p99_capacity_ms"])
     ctx.check(2, "admitted TTFT p99, 4x overload / at capacity", r, "<= 2", at_most(r, 2.0), "x")
@@ -41,6 +48,11 @@ async def run(ctx: Context) -> None:
     if not plan.quick:
         p429 = null["refusal_ms"]["p99"]
         ctx.check(2, "time to a 429, p99, zero-cost engine", p429, "< 10 ms", below(p429, 10), "ms")
+    if "baseline" in figures:
+        base = figures["baseline"]
+        b = ratio(base["admitted_ttft_p99_overload_ms"], base["admitted_ttft_p99_capacity_ms"])
+        ctx.check(2, "admitted TTFT p99 ratio, baseline", b, "(comparison)", None, "x")
+        ctx.check(2, "time to a 429, p99, baseline", base["refusal_ms"]["p99"], "(comparison)", None, "ms")
     other = figures["neither"]
     ctx.check(2, "requests neither a complete stream nor a 429/503", float(other), "0", other == 0)
 

@@ -11,6 +11,7 @@ from benchmarks.plan import Plan
 from benchmarks.scenarios import (
     concurrency_sweep,
     disconnect_storm,
+    fairness,
     frontend,
     gateway_ceiling,
     memory,
@@ -31,6 +32,7 @@ SCENARIOS: dict[int, Callable[[Context], Awaitable[None]]] = {
     3: disconnect_storm.run,
     4: multi_turn.run,
     7: frontend.run,
+    8: fairness.run,
 }
 
 

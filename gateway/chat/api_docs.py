@@ -31,7 +31,7 @@ _ERRORS = {
     413: "the body is larger than the limit",
     415: "the body is declared as something other than JSON (send Content-Type: application/json)",
     422: "the body does not match the schema",
-    429: "the admission queue is full (see Retry-After)",
+    429: "every admission place is taken, or a limit of the key sent is reached (see Retry-After)",
     503: "the engine is not ready, the gateway is draining, the queue wait timed out or the session store is down",
 }
 

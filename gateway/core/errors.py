@@ -53,10 +53,35 @@ class SessionBusy(GatewayError):
     status, type = 409, "session_busy"
 
 
+class Forbidden(GatewayError):
+    status, type = 403, "forbidden"
+
+
+class PriorityNotAllowed(Forbidden):
+    """A request set `priority` with a key that may not."""
+
+    type = "priority_not_allowed"
+
+
 class Overloaded(GatewayError):
-    """The admission queue is full."""
+    """The admission queue is full (and this request's user holds the largest share of it)."""
 
     status, type = 429, "too_many_requests"
+
+
+class Displaced(Overloaded):
+    """A waiting request gave its place to a lighter user's when the queue was full."""
+
+    type = "displaced"
+
+
+class LimitReached(Overloaded):
+    """One of the key's limits is reached; `limit` names it (`concurrent_requests`, `requests_per_minute` ...)."""
+
+    def __init__(self, limit: str, value: int, retry_after: float) -> None:
+        super().__init__(f"this key's {limit} limit ({value}) is reached; try again later", retry_after=retry_after)
+        self.limit = limit
+        self.type = f"{limit}_limit"
 
 
 class EngineUnavailable(GatewayError):

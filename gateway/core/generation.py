@@ -26,6 +26,10 @@ class GenerationRequest:
     options: SamplingOptions
     # Response headers beside the API's own (e.g. `X-Message-Id`).
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    # vLLM's `priority` (lower first): orders this user's own waiting requests, where its key allows it.
+    priority: int = 0
+    # OpenAI's `user` field: a fair-share user of its own under a key that says so.
+    user: str | None = None
     arrived_at: float = field(default_factory=time.monotonic)
     created: int = field(default_factory=lambda: int(time.time()))
 

@@ -13,6 +13,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.core.admission import Load
 from gateway.core.engine import EngineStats
+from gateway.core.errors import GatewayError
+from gateway.core.principal import ANONYMOUS
 
 _LATENCY_BUCKETS = (
     0.005,
@@ -80,6 +82,27 @@ class Metrics:
             ["route", "reason"],
             registry=r,
         )
+        # Per user class (a key's class from the keys file, `session` or `anonymous`): a small,
+        # fixed label set, never a raw key or session id.
+        self.class_queue_time = Histogram(
+            "chatstream:user_class_queue_time_seconds",
+            "Time spent waiting for an admission slot, by user class.",
+            ["user_class"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.class_rejections = Counter(
+            "chatstream:user_class_rejected_requests",
+            "Requests refused by admission (or displaced, or timed out in the queue), by user class and reason.",
+            ["user_class", "reason"],
+            registry=r,
+        )
+        self.class_service_tokens = Counter(
+            "chatstream:user_class_service_tokens",
+            "Tokens served (kind: prompt or output), by user class.",
+            ["user_class", "kind"],
+            registry=r,
+        )
         self.running = Gauge("chatstream:num_requests_running", "Requests holding a generation slot.", registry=r)
         self.waiting = Gauge("chatstream:num_requests_waiting", "Requests waiting for a slot.", registry=r)
         self.capacity = Gauge("chatstream:admission_capacity", "Generation slots.", registry=r)
@@ -104,6 +127,16 @@ class Metrics:
         self.engine_running.set_function(stat(lambda s: s.running))
         self.engine_waiting.set_function(stat(lambda s: s.waiting))
         self.kv_cache_usage.set_function(stat(lambda s: s.kv_cache_usage))
+
+    def count_refusal(self, route: str, error: GatewayError, user_class: str = ANONYMOUS.user_class) -> None:
+        """A request refused before it reached the queue."""
+        self.rejections.labels(route, error.type).inc()
+        if error.status in (429, 503):  # admission's own refusals, not bad input
+            self.class_rejections.labels(user_class, error.type).inc()
+
+    def count_service(self, user_class: str, prompt_tokens: int, output_tokens: int) -> None:
+        self.class_service_tokens.labels(user_class, "prompt").inc(prompt_tokens)
+        self.class_service_tokens.labels(user_class, "output").inc(output_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -30,12 +30,13 @@ import anyio.abc
 from starlette.requests import Request
 from starlette.types import Message, Send
 
-from gateway.core.admission import AdmissionController, Ticket
+from gateway.core.admission import CLAIM_STATE, AdmissionController, Ticket
 from gateway.core.completion import CompletionCallback, CompletionState, fire_callback
 from gateway.core.engine import Engine, EngineDead
 from gateway.core.errors import EngineUnavailable, GatewayError, error_headers
 from gateway.core.generation import GenerationRequest, Outcome
 from gateway.core.metrics import Metrics
+from gateway.core.principal import ANONYMOUS
 from gateway.core.request_log import mark_logged, request_id_of
 
 logger = logging.getLogger(__name__)
@@ -106,13 +107,15 @@ class GenerationRunner:
         """Serve `gen` on this connection. `on_end` runs once, always; `callback` once if queued."""
         outcome = Outcome()
         stream = _Stream(send, fmt, gen.headers)
+        # The admission middleware claimed a place on arrival; without it (a library
+        # user's own app) the claim is made here, for one anonymous user.
+        claim: Ticket | None = request.scope.get("state", {}).pop(CLAIM_STATE, None)
+        user_class = (claim.principal if claim is not None else ANONYMOUS).user_class
         try:
-            if not self.engine.is_healthy():
-                raise EngineUnavailable("the engine is not available", retry_after=5)
-            ticket = self.admission.enter()
+            ticket = self._admit(claim, gen)
         except GatewayError as refusal:
             outcome.status = refusal.status
-            self.metrics.rejections.labels(gen.route, refusal.type).inc()
+            self.metrics.count_refusal(gen.route, refusal, user_class)
             try:
                 await on_end(outcome)
             finally:
@@ -134,17 +137,35 @@ class GenerationRunner:
             with anyio.CancelScope(shield=True):
                 await self._finish(request, ticket, gen, outcome, stream, on_end, callback)
 
+    def _admit(self, claim: Ticket | None, gen: GenerationRequest) -> Ticket:
+        """Confirm the claim with the request's token cost (claiming first if there is none)."""
+        ticket = claim
+        try:
+            if not self.engine.is_healthy():
+                raise EngineUnavailable("the engine is not available", retry_after=5)
+            if ticket is None:
+                ticket = self.admission.claim()
+            ticket.confirm(len(gen.prompt_token_ids), gen.options.max_tokens, gen.priority, gen.user)
+        except BaseException:
+            if ticket is not None:
+                ticket.release()
+            raise
+        return ticket
+
     async def _serve(
         self, ticket: Ticket, gen: GenerationRequest, outcome: Outcome, stream: _Stream, tg: anyio.abc.TaskGroup
     ) -> None:
+        user_class = ticket.principal.user_class
         try:
             await ticket.wait(self.limits.queue_timeout)
-        except GatewayError as err:  # queue timeout
+        except GatewayError as err:  # queue timeout, or displaced by a lighter user
+            self.metrics.class_rejections.labels(user_class, err.type).inc()
             outcome.fail(err)
             await self._send_refusal(stream, outcome, err)
             return
         outcome.admitted_at = time.monotonic()
         self.metrics.queue_time.observe(ticket.queue_seconds)
+        self.metrics.class_queue_time.labels(user_class).observe(ticket.queue_seconds)
         if not self.engine.is_healthy():
             gone = EngineUnavailable("the engine is not available", retry_after=5)
             outcome.fail(gone)
@@ -307,7 +328,7 @@ class GenerationRunner:
         on_end: OnEnd,
         callback: CompletionCallback | None,
     ) -> None:
-        ticket.release()
+        ticket.release(outcome.completion_tokens)
         outcome.ended_at = time.monotonic()
         if outcome.engine_started and not outcome.engine_finished:
             try:
@@ -335,6 +356,7 @@ class GenerationRunner:
         m.e2e.observe(outcome.ended_at - gen.arrived_at)
         m.prompt_tokens.inc(outcome.prompt_tokens)
         m.generation_tokens.inc(outcome.completion_tokens)
+        m.count_service(ticket.principal.user_class, outcome.prompt_tokens, outcome.completion_tokens)
         await fire_callback(callback, request, state)
         self._log(request, gen, outcome)
 

@@ -17,6 +17,7 @@ from gateway.core.engine import Engine
 from gateway.core.errors import GatewayError
 from gateway.core.metrics import Metrics
 from gateway.core.offload import Offload
+from gateway.core.principal import ANONYMOUS
 from gateway.core.runner import GenerationRunner, StreamLimits
 from gateway.settings import Config
 
@@ -43,7 +44,7 @@ class Core:
             engine = VLLMEngine(model, {**config.engine_args(), **(engine_args or {})})
         self.config = config
         self.engine: Engine = engine
-        self.admission = AdmissionController(config.concurrency, config.queue_size)
+        self.admission = AdmissionController(config.concurrency, config.queue_size, token_budget=config.token_budget)
         self.metrics = metrics or Metrics()
         self.metrics.watch(self.admission.load, self.engine.stats)
         limits = StreamLimits(config.queue_timeout, config.send_timeout, config.ping_interval)
@@ -62,9 +63,9 @@ class Core:
         finally:
             await self.engine.stop()
 
-    def count_refusal(self, route: str, error: GatewayError) -> None:
+    def count_refusal(self, route: str, error: GatewayError, user_class: str = ANONYMOUS.user_class) -> None:
         """Count a request refused before it reached the queue."""
-        self.metrics.rejections.labels(route, error.type).inc()
+        self.metrics.count_refusal(route, error, user_class)
 
     @property
     def ready(self) -> bool:

@@ -125,6 +125,8 @@ class OpenAIRoutes:
             route=route,
             prompt_token_ids=ids,
             options=options,
+            priority=body.priority,
+            user=body.user,
         )
         fmt = OpenAIFormat(gen, self.model_name, chat=chat, streaming=body.stream, include_usage=body.include_usage)
         return _GenerationResponse(self.core, request, gen, fmt, self.callback)
@@ -190,9 +192,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for status, text in [
         (400, "invalid request"),
         (401, "missing or wrong API key"),
+        (403, "priority set with a key that may not set it"),
         (404, "unknown model"),
         (413, "body too large"),
-        (429, "admission queue full"),
+        (429, "admission queue full, or a key's limit reached"),
         (503, "engine unavailable, draining, or queue wait timed out"),
     ]
 }

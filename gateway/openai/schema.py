@@ -55,6 +55,8 @@ class SamplingFields(_Strict):
     top_k: int | None = Field(None, ge=-1, le=1000)
     min_tokens: int = Field(0, ge=0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
+    # vLLM's: lower is served earlier. Here it orders the caller's own waiting requests, if its key may set it.
+    priority: int = Field(0, ge=-(2**31), le=2**31 - 1)
 
     @field_validator("n")
     @classmethod

@@ -10,22 +10,18 @@ Set-Cookie header beside any the app set, and never buffers a stream.
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from itsdangerous import BadSignature, TimestampSigner
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.core.errors import GatewayError, SessionStoreUnavailable
 from gateway.http.asgi import add_headers, on_response_start
+from gateway.sessions.cookie import SessionCookie
 from gateway.sessions.stores import MemoryStore, SessionStore
 
 logger = logging.getLogger(__name__)
-
-_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")
-_MAX_COOKIE_CHARS = 512
 
 
 class Session(dict[str, Any]):
@@ -162,23 +158,18 @@ class SessionMiddleware:
         max_age: int | None = None,
         signature_max_age: int = 30 * 24 * 3600,
     ) -> None:
-        keys = [secret_key] if isinstance(secret_key, str) else list(secret_key)
-        if not keys or any(len(k) < 16 for k in keys):
-            raise ValueError("session secret keys must be at least 16 characters")
         self.app = app
         self.store: SessionStore = store if store is not None else MemoryStore()
-        # itsdangerous signs with the last key and tries them all when verifying.
-        self._signer = TimestampSigner(list(reversed(keys)), salt="chatstream-gateway.session")
-        self._cookie_name = cookie_name
-        self._signature_max_age = signature_max_age
-        flags = [f"Path={path}", f"SameSite={same_site.capitalize()}"]
-        if max_age is not None:
-            flags.append(f"Max-Age={max_age}")
-        if http_only:
-            flags.append("HttpOnly")
-        if secure:
-            flags.append("Secure")
-        self._cookie_flags = "; ".join(flags)
+        self.cookie = SessionCookie(
+            secret_key,
+            cookie_name,
+            http_only=http_only,
+            secure=secure,
+            same_site=same_site,
+            path=path,
+            max_age=max_age,
+            signature_max_age=signature_max_age,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -194,7 +185,7 @@ class SessionMiddleware:
                 _ = context.id  # data written before the response starts gets its cookie now
             # An id that only locked (a refused turn) stored nothing: it gets no cookie.
             if context.issued and (context.saved or context.has_changes):
-                add_headers(message, [(b"set-cookie", self._cookie(context.id).encode("latin-1"))])
+                add_headers(message, [(b"set-cookie", self.cookie.set_cookie(context.id))])
 
         try:
             await self.app(scope, receive, on_response_start(send, add_cookie))
@@ -205,7 +196,7 @@ class SessionMiddleware:
                 logger.warning("could not save session data: %s", err.message)
 
     async def _open(self, scope: Scope) -> SessionContext:
-        session_id = self._verified_id(scope)
+        session_id = self.cookie.session_id(scope)
         if session_id is None:
             return SessionContext(self.store, None, None, None)
         try:
@@ -216,26 +207,3 @@ class SessionMiddleware:
         if data is None:  # unknown, expired or unreadable: a fresh id, never the one presented
             return SessionContext(self.store, None, None, None)
         return SessionContext(self.store, session_id, data, None)
-
-    def _verified_id(self, scope: Scope) -> str | None:
-        for name, value in scope.get("headers", ()):
-            if name != b"cookie":
-                continue
-            # Split by hand, as browsers do: SimpleCookie drops the whole header when
-            # any other cookie on the site is not RFC-strict (`a=b c`), which would
-            # lose the session on every request. Several cookies with our name
-            # (another path) may come: the first one that verifies wins.
-            for pair in value.decode("latin-1").split(";"):
-                key, _, raw = pair.partition("=")
-                if key.strip() != self._cookie_name or len(raw) > _MAX_COOKIE_CHARS:
-                    continue
-                try:
-                    session_id = self._signer.unsign(raw.strip(), max_age=self._signature_max_age).decode("ascii")
-                except (BadSignature, UnicodeDecodeError):
-                    continue
-                if _ID_PATTERN.fullmatch(session_id):
-                    return session_id
-        return None
-
-    def _cookie(self, session_id: str) -> str:
-        return f"{self._cookie_name}={self._signer.sign(session_id).decode('ascii')}; {self._cookie_flags}"

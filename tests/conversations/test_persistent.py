@@ -212,11 +212,11 @@ def test_the_serve_flags_select_the_persistent_handler(tmp_path: Path, users: Us
     from gateway.app import make_chat_stream
     from tests.fakes import FakeEngine
 
-    settings = Settings(conversation_db=f"sqlite:///{tmp_path}/c.db", users_file=users.file, system_prompt="be brief")
+    settings = Settings(conversation_db=f"sqlite:///{tmp_path}/c.db", keys_file=users.file, system_prompt="be brief")
     handler = make_chat_stream(settings, FakeEngine()).conversations
     assert isinstance(handler, PersistentConversations)
     assert handler.new_prompt().system == "be brief"
-    with pytest.raises(ValueError, match="users_file"):
+    with pytest.raises(ValueError, match="--keys-file"):
         make_chat_stream(Settings(conversation_db=f"sqlite:///{tmp_path}/c.db"), FakeEngine())
 
 

@@ -8,9 +8,14 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from starlette.types import ASGIApp
 
+from gateway import Settings, create_app
 from tests.fakes import FakeEngine
 from tests.gateway_app import Gateway, metric, running_gateway
+from tests.live import serve
 
 KEY, FILE_KEY = "sk-first-key", "sk-from-the-file"
 
@@ -19,7 +24,7 @@ KEY, FILE_KEY = "sk-first-key", "sk-from-the-file"
 async def gateway(fake_engine: FakeEngine, tmp_path: Path) -> AsyncIterator[Gateway]:
     key_file = tmp_path / "keys"
     key_file.write_text(f"\n{FILE_KEY}\n\n")
-    async with running_gateway(fake_engine, api_key=[KEY], api_key_file=key_file) as gw:
+    async with running_gateway(fake_engine, api_key=[KEY], keys_file=key_file) as gw:
         yield gw
 
 
@@ -98,3 +103,25 @@ async def test_metrics_auth_puts_metrics_behind_the_key(fake_engine: FakeEngine)
 async def test_without_keys_nothing_is_guarded(fake_engine: FakeEngine) -> None:
     async with running_gateway(fake_engine) as gw, httpx.AsyncClient(base_url=gw.url) as client:
         assert (await client.get("/v1/models")).status_code == 200
+
+
+@pytest.mark.parametrize("where", ["mount", "root-path"])
+async def test_a_mount_prefix_or_root_path_does_not_open_the_api(fake_engine: FakeEngine, where: str) -> None:
+    """Regression (issue 13, item 4): the key check read `scope["path"]`, which carries the prefix,
+    while Starlette routes on the path without it, so `/api/v1/chat/completions` ran without a key."""
+    gateway_app = create_app(Settings(secure_cookies=False, api_key=[KEY]), engine=fake_engine)
+    await fake_engine.start()  # neither a mounted app's lifespan nor lifespan="off" starts it
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+    if where == "mount":
+        app: ASGIApp = Starlette(routes=[Mount("/api", app=gateway_app)])
+        server, path = serve(app, lifespan="off"), "/api/v1/chat/completions"
+    else:
+        server, path = serve(gateway_app, lifespan="off", root_path="/api"), "/v1/chat/completions"
+    async with server as url, httpx.AsyncClient(base_url=url) as client:
+        refused = await client.post(path, json=body)
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["error"]["code"] == "invalid_api_key"
+        assert fake_engine.prompts == []
+        served = await client.post(path, json=body, headers={"authorization": f"Bearer {KEY}"})
+        assert served.status_code == 200
+        assert served.json()["choices"][0]["message"]["content"] == fake_engine.answer
