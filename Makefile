@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
-$(MODEL)/config.json: | $(STAMP)
+# Rebuilt when its recipe (weights, tokenizer, chat template) changes.
+$(MODEL)/config.json: gateway/tiny_model.py | $(STAMP)
 	$(BIN)/chatstream-gateway make-tiny-model $(MODEL)
 
 system-deps:
