@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.core.engine import EngineDead, EngineOutput, EngineStats, FinishReason, SamplingOptions
@@ -22,6 +23,20 @@ logger = logging.getLogger(__name__)
 # machine's memory and compile kernels for minutes. These fit a small server.
 CPU_DEFAULTS: dict[str, Any] = {"gpu_memory_utilization": 0.3, "enforce_eager": True}
 CPU_KV_CACHE_GIB = "1"
+
+
+@dataclass(frozen=True, slots=True)
+class VLLMParams:
+    """vLLM's own parameters for one engine request (`SamplingOptions.native`).
+
+    `sampling` is a vLLM `SamplingParams` (its output kind is set to DELTA here);
+    `cache_salt` goes with the prompt; `generate_kwargs` to `AsyncLLM.generate`
+    (priority, reasoning state).
+    """
+
+    sampling: Any
+    cache_salt: str | None = None
+    generate_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
 class _HFTokenizer:
@@ -76,7 +91,7 @@ class VLLMEngine:
 
         engine = self
 
-        class StatsTap(StatLoggerBase):
+        class StatsTap(StatLoggerBase):  # type: ignore[misc]
             """Keeps the scheduler's latest load figures for /metrics."""
 
             def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
@@ -103,6 +118,11 @@ class VLLMEngine:
             self._llm = None
 
     @property
+    def vllm_client(self) -> Any:
+        """vLLM's AsyncLLM once started (None before): its renderer and configuration serve the OpenAI API."""
+        return self._llm
+
+    @property
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
             raise RuntimeError("the engine has not started")
@@ -118,33 +138,52 @@ class VLLMEngine:
 
         if self._llm is None:
             raise EngineDead("the engine is not running")
-        params = SamplingParams(
-            n=1,
-            max_tokens=options.max_tokens,
-            temperature=options.temperature,
-            top_p=options.top_p,
-            top_k=options.top_k,
-            min_tokens=options.min_tokens,
-            repetition_penalty=options.repetition_penalty,
-            stop=list(options.stop) or None,
-            seed=options.seed,
-            ignore_eos=options.ignore_eos,
-            output_kind=RequestOutputKind.DELTA,
-        )
-        stream = self._llm.generate(tokens_input(prompt_token_ids), params, request_id)
+        native = options.native
+        if isinstance(native, VLLMParams):
+            params = native.sampling
+            params.output_kind = RequestOutputKind.DELTA
+            prompt = tokens_input(prompt_token_ids, cache_salt=native.cache_salt)
+            kwargs = dict(native.generate_kwargs)
+        else:
+            params = SamplingParams(
+                n=1,
+                max_tokens=options.max_tokens,
+                temperature=options.temperature,
+                top_p=options.top_p,
+                top_k=options.top_k,
+                min_tokens=options.min_tokens,
+                repetition_penalty=options.repetition_penalty,
+                stop=list(options.stop) or None,
+                seed=options.seed,
+                ignore_eos=options.ignore_eos,
+                output_kind=RequestOutputKind.DELTA,
+            )
+            prompt, kwargs = tokens_input(prompt_token_ids), {}
+        stream = self._llm.generate(prompt, params, request_id, **kwargs)
         try:
             async for out in stream:
-                completion = out.outputs[0]
-                yield EngineOutput(
-                    text=completion.text,
-                    num_new_tokens=len(completion.token_ids),
-                    num_prompt_tokens=len(out.prompt_token_ids or ()),
-                    finish_reason=_finish_reason(completion.finish_reason) if out.finished else None,
-                )
+                num_prompt_tokens = len(out.prompt_token_ids or ())
+                prompt_logprobs = out.prompt_logprobs
+                for completion in out.outputs:
+                    reason = completion.finish_reason
+                    if reason == "error":  # vLLM: a request-level failure inside the engine
+                        raise RuntimeError(f"the engine failed request {request_id}")
+                    yield EngineOutput(
+                        text=completion.text,
+                        num_new_tokens=len(completion.token_ids),
+                        num_prompt_tokens=num_prompt_tokens,
+                        finish_reason=None if reason is None else _finish_reason(reason),
+                        index=completion.index,
+                        token_ids=completion.token_ids,
+                        logprobs=completion.logprobs,
+                        prompt_logprobs=prompt_logprobs,
+                        stop_reason=completion.stop_reason,
+                    )
+                    prompt_logprobs = None  # once per request output, with its first answer
         except EngineDeadError as exc:
             raise EngineDead("the vLLM engine has died") from exc
         except VLLMValidationError as exc:
-            raise BadChatRequest(str(exc)) from exc
+            raise BadChatRequest(_refusal_message(exc), param=exc.parameter) from exc
         finally:
             await stream.aclose()
 
@@ -162,9 +201,12 @@ class VLLMEngine:
         return self._stats
 
 
-def _finish_reason(reason: str | None) -> FinishReason:
-    if reason == "length":
-        return "length"
-    if reason == "abort":
-        return "abort"
+def _finish_reason(reason: str) -> FinishReason:
+    if reason in ("length", "abort", "repetition"):
+        return reason  # type: ignore[return-value]
     return "stop"
+
+
+def _refusal_message(exc: Exception) -> str:
+    """vLLM's reason for refusing a request, in its words (without its `(parameter=...)` suffix)."""
+    return str(exc.args[0]) if exc.args else "the engine refused this request"
