@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def default_tiny_model_dir() -> Path:
@@ -33,7 +33,10 @@ class Config(BaseModel):
 
     # --- the model and engine
     model: str | None = Field(None, description="model directory or Hugging Face id (default: the built-in tiny model)")
-    served_model_name: str | None = Field(None, description="model name the OpenAI API reports (default: --model)")
+    served_model_name: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="names the OpenAI API answers to; the first is the one it reports (default: --model)",
+    )
     tiny_model_dir: Path = Field(
         default_factory=default_tiny_model_dir, description="where the tiny model is built when no --model is given"
     )
@@ -44,6 +47,36 @@ class Config(BaseModel):
     enable_prefix_caching: bool = Field(True, description="reuse the KV cache of a conversation's earlier turns")
     engine_arg: list[str] = Field(
         default_factory=list, description="extra vLLM AsyncEngineArgs as KEY=JSON (repeatable)"
+    )
+
+    # --- the OpenAI API (vLLM's flags, same names and meaning)
+    chat_template: str | None = Field(
+        None, description="chat template for the OpenAI API: a file or the template itself (default: the model's)"
+    )
+    chat_template_content_format: Literal["auto", "string", "openai"] = Field(
+        "auto", description="how message content reaches the chat template (vLLM's --chat-template-content-format)"
+    )
+    trust_request_chat_template: bool = Field(False, description="let requests bring their own chat template")
+    enable_auto_tool_choice: bool = Field(False, description="let the model call tools by itself (tool_choice auto)")
+    tool_call_parser: str | None = Field(
+        None, description="vLLM tool parser reading the model's tool calls (e.g. hermes, llama3_json, mistral)"
+    )
+    tool_strict_level: Literal["auto", "function", "parameter"] = Field(
+        "auto",
+        description="constrain tool calls for tool_choice auto: per tool's strict, the call envelope, or the "
+        "arguments too (forced calls always constrain their arguments)",
+    )
+    exclude_tools_when_tool_choice_none: bool = Field(
+        False, description="leave tools out of the prompt for tool_choice none"
+    )
+    reasoning_parser: str | None = Field(
+        None, description="vLLM reasoning parser splitting the answer's reasoning from its content (e.g. deepseek_r1)"
+    )
+    return_tokens_as_token_ids: bool = Field(False, description="logprob tokens spelled token_id:N by default")
+    max_tokens_ceiling: int | None = Field(
+        None,
+        ge=1,
+        description="most tokens an OpenAI request may ask for (a 400 beyond); unset, answers may fill the context",
     )
 
     # --- the HTTP server
@@ -104,6 +137,20 @@ class Config(BaseModel):
         default_factory=list, description="origins allowed to call the API from a browser (repeatable)"
     )
 
+    @field_validator("served_model_name", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        # One name or several: a string (from the environment, a JSON list of them).
+        if isinstance(value, str):
+            value = json.loads(value) if value.lstrip().startswith("[") else [value]
+        return value
+
+    @model_validator(mode="after")
+    def _auto_tools_need_a_parser(self) -> Config:
+        if self.enable_auto_tool_choice and not self.tool_call_parser:
+            raise ValueError("--enable-auto-tool-choice requires --tool-call-parser")
+        return self
+
     @field_validator("engine_arg")
     @classmethod
     def _check_engine_args(cls, value: list[str]) -> list[str]:
@@ -129,6 +176,9 @@ class Config(BaseModel):
                 args[key.strip()] = raw
         if self.served_model_name:
             args["served_model_name"] = self.served_model_name
+        if self.reasoning_parser:
+            # The engine needs it too: structured output starts once reasoning has ended.
+            args["reasoning_parser"] = self.reasoning_parser
         return args
 
     def session_secrets(self) -> list[str]:
