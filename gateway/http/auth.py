@@ -81,13 +81,18 @@ class UserKeys:
 
 
 def is_protected(path: str, metrics_auth: bool) -> bool:
-    """Which paths need a key: the OpenAI API, and /metrics when asked.
+    """Which paths need a key: the OpenAI API (and vLLM's tokenizer routes beside it), and /metrics when asked.
 
     `/health` and `/ready` stay open for probes; `/chat_stream` and its helpers
     are the browser's session API (a page cannot keep a bearer key secret), so
     they are protected by whatever authenticates the page's users instead.
     """
-    return path == "/v1" or path.startswith("/v1/") or (metrics_auth and path == "/metrics")
+    return (
+        path == "/v1"
+        or path.startswith("/v1/")
+        or path in ("/tokenize", "/detokenize")
+        or (metrics_auth and path == "/metrics")
+    )
 
 
 class APIKeyMiddleware:
