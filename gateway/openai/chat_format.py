@@ -40,7 +40,7 @@ class ChatFormat(BaseFormat):
         if answer is None:
             parser = None if self.spec.parser is None else self.spec.parser(self.prompt.token_ids)
             answer = self.answers[output.index] = Answer(output.index, parser=parser)
-        if output.prompt_logprobs is not None:
+        if output.prompt_logprobs and self._prompt_records is None:  # sent once, with the first output
             self._prompt_records = output.prompt_logprobs
         answer.tokens += output.num_new_tokens
         finished = output.finish_reason is not None
@@ -101,7 +101,7 @@ class ChatFormat(BaseFormat):
                 body["tool_calls"] = delta.tool_calls
         choice: dict[str, Any] = {"index": answer.index, "delta": body, "logprobs": None}
         if entries is not None:
-            choice["logprobs"] = {"content": entries}
+            choice["logprobs"] = {"content": entries, "refusal": None}
         if reason is None:
             choice["finish_reason"] = None
         else:
@@ -161,7 +161,7 @@ class ChatFormat(BaseFormat):
         choice: dict[str, Any] = {
             "index": answer.index,
             "message": message,
-            "logprobs": None if self.spec.logprobs is None else {"content": answer.logprobs},
+            "logprobs": None if self.spec.logprobs is None else {"content": answer.logprobs, "refusal": None},
             "finish_reason": reason,
             "stop_reason": answer.stop_reason,
         }

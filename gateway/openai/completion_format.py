@@ -45,8 +45,8 @@ class CompletionFormat(BaseFormat):
         first = answer is None
         if answer is None:
             answer = self.answers[index] = Answer(index, prompt_index=output.prompt_index)
-        if output.prompt_logprobs is not None:
-            self._prompt_records[output.prompt_index] = output.prompt_logprobs
+        if output.prompt_logprobs:  # sent once per prompt, with its first output
+            self._prompt_records.setdefault(output.prompt_index, output.prompt_logprobs)
         if output.finish_reason is not None:
             answer.finish_reason, answer.stop_reason = output.finish_reason, output.stop_reason
         text, token_ids, records = self._piece(answer, output, first)

@@ -143,7 +143,10 @@ class VLLMFrontend:
 
         # vLLM hides per-token details when the answer's reasoning is hidden (they would show it).
         hidden = parser_factory is not None and not request.include_reasoning
-        role = "assistant" if request.add_generation_prompt else str(request.messages[-1]["role"])
+        # The message an answer continues (add_generation_prompt false): `echo` repeats it when its
+        # role is the answer's. vLLM reports that role as the answer's, even "user"; OpenAI's schema
+        # allows "assistant" only, and so does the gateway.
+        continued = "assistant" if request.add_generation_prompt else str(request.messages[-1]["role"])
         options = SamplingOptions(
             max_tokens=params.max_tokens,
             native=VLLMParams(params, request.cache_salt, generate_kwargs),
@@ -155,13 +158,12 @@ class VLLMFrontend:
             logprobs=request.top_logprobs if request.logprobs and not hidden else None,
             all_top_logprobs=bool(request.logprob_token_ids),
             echo=request.echo,
-            echo_text=_echo_text(conversation, role) if request.echo else "",
+            echo_text=_echo_text(conversation, continued) if request.echo else "",
             include_usage=_usage(request)[0],
             continuous_usage=_usage(request)[1],
             return_token_ids=bool(request.return_token_ids) and not hidden,
             return_prompt_text=bool(request.return_prompt_text),
             tokens_as_ids=self._tokens_as_ids(request.return_tokens_as_token_ids),
-            role=role,
             parser=parser_factory,
             reasoning_details=parser_cls is not None and parser_cls.reasoning_parser_cls is not None,
             decode=self._decode,

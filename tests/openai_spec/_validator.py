@@ -178,6 +178,55 @@ def validate_chat_sse(body: str) -> list[dict[str, Any]]:
     return validate_sse(body, "CreateChatCompletionStreamResponse")
 
 
+def _as_the_spec_reads_it(payload: Any, *, chunk: bool, echo: bool) -> Any:
+    """A completions answer with its two sanctioned departures from the spec written as the spec
+    would have them, so that everything else is still checked:
+
+    - a streamed chunk before a choice's last has `finish_reason: null`: OpenAI's spec makes
+      every chunk a whole `CreateCompletionResponse`, whose finish_reason is never null, yet
+      OpenAI's own API (and every server) sends null until the choice ends;
+    - with `echo`, the prompt's first token has no logprob: its `token_logprobs` and
+      `top_logprobs` entries are null (OpenAI's API and vLLM do the same; lm-eval expects it),
+      which the spec's arrays of numbers and objects have no room for. Only a choice's first
+      token (in a chunk: the chunk's first) may be null.
+    """
+    if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
+        return payload
+    copy = json.loads(json.dumps(payload))
+    for choice in copy["choices"]:
+        if chunk and isinstance(choice, dict) and choice.get("finish_reason", "") is None:
+            choice["finish_reason"] = "stop"
+        logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
+        if echo and isinstance(logprobs, dict):
+            values, tops = logprobs.get("token_logprobs"), logprobs.get("top_logprobs")
+            if isinstance(values, list) and values and values[0] is None:
+                values[0] = 0.0
+            if isinstance(tops, list) and tops and tops[0] is None:
+                tops[0] = {}
+    return copy
+
+
+def validate_completion(payload: object, *, echo: bool = False) -> None:
+    """A `/v1/completions` body: a CreateCompletionResponse, with echo's null first logprob allowed."""
+    validate("CreateCompletionResponse", _as_the_spec_reads_it(payload, chunk=False, echo=echo))
+
+
+def validate_completion_sse(body: str, *, echo: bool = False) -> list[dict[str, Any]]:
+    """A streamed `/v1/completions` body: each chunk a CreateCompletionResponse, read as
+    `_as_the_spec_reads_it` says (null finish_reason before a choice's end; echo's first logprob).
+    A usage chunk (`"choices": []`, with `stream_options.include_usage`) is one too. Returns the chunks."""
+    data = [d for _, d in _sse_events(body)]
+    assert data and data[-1] == "[DONE]", f"the stream does not end with data: [DONE]: {data[-3:]}"
+    events = [json.loads(d) for d in data[:-1]]
+    for i, chunk in enumerate(events):
+        if isinstance(chunk, dict) and "error" in chunk:
+            assert i == len(events) - 1, f"event {i} is an error but the stream goes on"
+            validate("ErrorResponse", chunk)
+        else:
+            validate("CreateCompletionResponse", _as_the_spec_reads_it(chunk, chunk=True, echo=echo))
+    return events
+
+
 def validate_chat_stream(chunks: Iterable[object]) -> None:
     """Every chunk (decoded JSON, e.g. from an SSE client) a CreateChatCompletionStreamResponse."""
     for chunk in chunks:
