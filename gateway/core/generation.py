@@ -55,6 +55,8 @@ class Outcome:
     text_parts: list[str] = field(default_factory=list)
     # How many of `text_parts` reached the client: all of those generated before the last body sent.
     parts_sent: int = 0
+    # A delta reached the client (with text, or only tokens or logprobs: what counts as streaming).
+    streamed: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None
@@ -84,7 +86,7 @@ class Outcome:
 
     def client_left(self) -> None:
         """The client went away (hung up, or stopped reading)."""
-        if self.parts_sent:
+        if self.streamed:
             self.end(CompletionState.CLIENT_DISCONNECTED_WHILE_STREAMING)
         else:
             self.end(CompletionState.CLIENT_DISCONNECTED_BEFORE_STREAMING)

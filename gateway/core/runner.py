@@ -196,6 +196,7 @@ class GenerationRunner:
                     if body:
                         await self._send_body(stream, lock, body)
                         outcome.parts_sent = len(outcome.text_parts)
+                        outcome.streamed = True
             # The stream ended by itself: every engine request of the generation has finished.
             outcome.engine_finished = True
         except EngineDead:

@@ -58,13 +58,24 @@ def json_object(body: bytes | str) -> dict[str, Any]:
     return data
 
 
-def parse(model: type[M], body: bytes | str | dict[str, Any], *, refused: tuple[type[Exception], ...] = ()) -> M:
+def parse(
+    model: type[M],
+    body: bytes | str | dict[str, Any],
+    *,
+    refused: tuple[type[Exception], ...] = (),
+    containers: dict[str, type] | None = None,
+) -> M:
     """`body` read into `model`; a `BadChatRequest` in words when it does not fit.
 
     `refused` lists exceptions a model's own validators raise for a bad request
     (vLLM's VLLMValidationError); their message is the reason given.
+    `containers` names fields that must be a JSON array (list) or object (dict)
+    before the model sees them: vLLM's validators walk them before checking them.
     """
     data = body if isinstance(body, dict) else json_object(body)
+    for name, kind in (containers or {}).items():
+        if data.get(name) is not None and not isinstance(data[name], kind):
+            raise BadChatRequest(f"{name} must be {_WHAT[kind.__name__ + '_type']}", param=name)
     try:
         value = model.model_validate(data)
     except ValidationError as exc:
@@ -72,6 +83,9 @@ def parse(model: type[M], body: bytes | str | dict[str, Any], *, refused: tuple[
         raise BadChatRequest(message, param=param) from None
     except refused as exc:
         raise BadChatRequest(str(exc.args[0]) if exc.args else "invalid request", param=_param_of(exc)) from None
+    except (TypeError, KeyError, AttributeError, IndexError):
+        # A model's own validator walked into a field of the wrong shape before checking it.
+        raise BadChatRequest("a field of the body has the wrong type or shape") from None
     warn_ignored(value.model_extra or {})
     return value
 

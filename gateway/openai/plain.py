@@ -66,14 +66,20 @@ class PlainFrontend:
             raise BadChatRequest(
                 f"{limit_param} must be at most {ceiling} (the server's --max-tokens-ceiling)", param=limit_param
             )
-        room = self.engine.max_model_len - len(ids)
-        max_tokens = request.token_limit or min(room, ceiling or room)
-        if not ids or max_tokens > room:
+        context = self.engine.max_model_len
+        room = context - len(ids)
+        if not ids or room < 1:
             raise BadChatRequest(
-                f"the prompt has {len(ids)} tokens; with {limit_param}={max_tokens} it must have "
-                f"between 1 and {self.engine.max_model_len - max_tokens} (the model's context is "
-                f"{self.engine.max_model_len} tokens)",
+                f"the prompt has {len(ids)} tokens; it must have between 1 and {context - 1} "
+                f"(the model's context is {context} tokens)",
                 param=param,
+            )
+        max_tokens = request.token_limit or min(room, ceiling or room)
+        if max_tokens > room:
+            raise BadChatRequest(
+                f"{limit_param}={max_tokens} does not fit: the prompt has {len(ids)} tokens and the model's "
+                f"context is {context}",
+                param=limit_param,
             )
         if request.min_tokens > max_tokens:
             raise BadChatRequest(f"min_tokens must not exceed {limit_param} ({max_tokens})", param="min_tokens")

@@ -53,6 +53,14 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 # vLLM's own request fields the gateway takes and ignores, as vLLM's server does or for a stated reason.
 _IGNORED = ("request_id", "session_id", "kv_transfer_params", "ec_transfer_params", "return_token_offsets")
+# Fields vLLM's request validators walk before checking their type: checked first, to name them in a 400.
+_CONTAINERS: dict[str, type] = {
+    "stream_options": dict,
+    "response_format": dict,
+    "structured_outputs": dict,
+    "logit_bias": dict,
+}
+_CHAT_CONTAINERS = {**_CONTAINERS, "messages": list, "tools": list, "chat_template_kwargs": dict}
 
 
 def refusal(exc: BaseException) -> GatewayError | None:
@@ -106,8 +114,9 @@ class VLLMFrontend:
     # --- chat ----------------------------------------------------------------------------------
 
     async def chat(self, body: bytes) -> Prepared:
-        request = parse(ChatCompletionRequest, body, refused=(VLLMClientError,))
-        self._check(request, request.max_completion_tokens is None)
+        request = parse(ChatCompletionRequest, body, refused=(VLLMClientError,), containers=_CHAT_CONTAINERS)
+        limit = _answer_limit(request)
+        self._check(request, limit)
         forced = bool(request.tools) and (
             request.tool_choice == "required" or isinstance(request.tool_choice, ChatCompletionNamedToolChoiceParam)
         )
@@ -115,8 +124,7 @@ class VLLMFrontend:
         rendered = await self._render(renderer.render_chat(request))
         conversation, (engine_input,) = rendered
         ids: list[int] = list(engine_input["prompt_token_ids"])
-        limit = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
-        max_tokens = self._max_tokens(limit, len(ids), request.truncate_prompt_tokens)
+        max_tokens = self._max_tokens(limit[1], len(ids), request.truncate_prompt_tokens)
         params = self._sampling(lambda: request.to_sampling_params(max_tokens, self._defaults))
 
         parser_cls = renderer.parser
@@ -181,8 +189,8 @@ class VLLMFrontend:
     # --- completions ---------------------------------------------------------------------------
 
     async def completion(self, body: bytes) -> Prepared:
-        request = parse(CompletionRequest, body, refused=(VLLMClientError,))
-        self._check(request, True)
+        request = parse(CompletionRequest, body, refused=(VLLMClientError,), containers=_CONTAINERS)
+        self._check(request, ("max_tokens", request.max_tokens))
         if request.prompt_embeds is not None:
             raise BadChatRequest("prompt_embeds are not supported by this server", param="prompt_embeds")
         engine_inputs = await self._render(self._renderer.render_completion(request))
@@ -262,15 +270,13 @@ class VLLMFrontend:
 
     # --- shared --------------------------------------------------------------------------------
 
-    def _check(self, request: ChatCompletionRequest | CompletionRequest, legacy_limit: bool) -> None:
+    def _check(self, request: ChatCompletionRequest | CompletionRequest, limit: tuple[str, int | None]) -> None:
         self._check_model(request.model)
         if request.use_beam_search:
             raise BadChatRequest("beam search is not supported by this server", param="use_beam_search")
         warn_ignored(name for name in _IGNORED if name in request.model_fields_set)
-        ceiling = self.config.max_tokens_ceiling
-        asked = request.max_tokens if legacy_limit else getattr(request, "max_completion_tokens", None)
+        ceiling, (param, asked) = self.config.max_tokens_ceiling, limit
         if ceiling is not None and asked is not None and asked > ceiling:
-            param = "max_tokens" if legacy_limit else "max_completion_tokens"
             raise BadChatRequest(f"{param} must be at most {ceiling} (the server's --max-tokens-ceiling)", param=param)
 
     def _check_model(self, name: str | None) -> None:
@@ -306,6 +312,8 @@ class VLLMFrontend:
                 raise
             raise error from None
         params.structured_outputs = strict_structured_outputs(params.structured_outputs)
+        if self.config.ignore_eos:  # --ignore-eos: every answer runs to its max tokens (benchmarks, tests)
+            params.ignore_eos = True
         return params
 
     async def _render(self, pending: Awaitable[T]) -> T:
@@ -334,6 +342,14 @@ def _error(response: ErrorResponse) -> GatewayError:
     if status == 404:
         return ModelNotFound(response.error.message, param=response.error.param)
     return error
+
+
+def _answer_limit(request: ChatCompletionRequest) -> tuple[str, int | None]:
+    """The field a client set the answer's length with, and its value."""
+    if request.max_completion_tokens is not None:
+        return "max_completion_tokens", request.max_completion_tokens
+    # Read without the attribute: vLLM marks max_tokens deprecated, and the read would warn.
+    return "max_tokens", request.__dict__.get("max_tokens")
 
 
 def _usage(request: ChatCompletionRequest | CompletionRequest) -> tuple[bool, bool]:
