@@ -51,7 +51,7 @@ class Config(BaseModel):
 
     # --- the OpenAI API (vLLM's flags, same names and meaning)
     chat_template: str | None = Field(
-        None, description="chat template for the OpenAI API: a file or the template itself (default: the model's)"
+        None, description="chat template of both APIs: a file or the template itself (default: the model's)"
     )
     chat_template_content_format: Literal["auto", "string", "openai"] = Field(
         "auto", description="how message content reaches the chat template (vLLM's --chat-template-content-format)"
@@ -94,12 +94,12 @@ class Config(BaseModel):
     )
 
     # --- generation defaults
-    max_new_tokens: int = Field(256, ge=1, description="most tokens an answer may have")
-    temperature: float = Field(0.7, ge=0, le=2, description="default sampling temperature")
-    top_p: float = Field(0.95, gt=0, le=1, description="default nucleus sampling cut")
-    top_k: int = Field(0, ge=0, description="default top-k cut (0 = off)")
-    repetition_penalty: float = Field(1.0, gt=0, le=2, description="default repetition penalty (1 = off)")
-    ignore_eos: bool = Field(False, description="generate max_new_tokens every time (benchmarks)")
+    max_new_tokens: int = Field(256, ge=1, description="most tokens a /chat_stream answer may have")
+    temperature: float = Field(0.7, ge=0, le=2, description="default sampling temperature (/chat_stream)")
+    top_p: float = Field(0.95, gt=0, le=1, description="default nucleus sampling cut (/chat_stream)")
+    top_k: int = Field(0, ge=0, description="default top-k cut, 0 = off (/chat_stream)")
+    repetition_penalty: float = Field(1.0, gt=0, le=2, description="default repetition penalty, 1 = off (/chat_stream)")
+    ignore_eos: bool = Field(False, description="every answer runs to its max tokens, both APIs (benchmarks)")
     system_prompt: str | None = Field(None, description="system prompt of new conversations")
     prompt_format: Literal["template", "chatml", "llama2", "vicuna"] = Field(
         "template", description="prompt format of new conversations"

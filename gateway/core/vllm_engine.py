@@ -42,8 +42,9 @@ class VLLMParams:
 class _HFTokenizer:
     """A Hugging Face tokenizer seen through the `prompts.Tokenizer` protocol."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, chat_template: str | None = None) -> None:
         self._tokenizer = tokenizer
+        self._chat_template = chat_template  # None: the model's own
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self._tokenizer.encode(text, add_special_tokens=False)
@@ -51,20 +52,32 @@ class _HFTokenizer:
 
     def render_chat(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool) -> str:
         text: str = self._tokenizer.apply_chat_template(
-            [dict(m) for m in messages], add_generation_prompt=add_generation_prompt, tokenize=False
+            [dict(m) for m in messages],
+            add_generation_prompt=add_generation_prompt,
+            tokenize=False,
+            chat_template=self._chat_template,
         )
         return text
 
 
 class VLLMEngine:
-    """vLLM's AsyncLLM for one model. `engine_args` go to vLLM's AsyncEngineArgs."""
+    """vLLM's AsyncLLM for one model. `engine_args` go to vLLM's AsyncEngineArgs.
+
+    `chat_template` (a file or the template itself, as vLLM's `--chat-template`)
+    replaces the model's own for `tokenizer.render_chat`.
+    """
 
     def __init__(
-        self, model: str, engine_args: Mapping[str, Any] | None = None, served_model_name: str | None = None
+        self,
+        model: str,
+        engine_args: Mapping[str, Any] | None = None,
+        served_model_name: str | None = None,
+        chat_template: str | None = None,
     ) -> None:
         self.model = model
         self.engine_args = dict(engine_args or {})
         self.model_name = served_model_name or model
+        self.chat_template = chat_template
         self.max_model_len = 0
         self._llm: Any = None
         self._tokenizer: _HFTokenizer | None = None
@@ -83,7 +96,9 @@ class VLLMEngine:
         engine_args = AsyncEngineArgs(model=self.model, disable_log_stats=False, **args)
         self._llm = AsyncLLM.from_engine_args(engine_args, stat_loggers=[self._stats_tap_factory()])
         self.max_model_len = int(self._llm.model_config.max_model_len)
-        self._tokenizer = _HFTokenizer(self._llm.get_tokenizer())
+        from vllm.renderers.chat_utils import load_chat_template
+
+        self._tokenizer = _HFTokenizer(self._llm.get_tokenizer(), load_chat_template(self.chat_template))
         logger.info("engine ready: model=%s max_model_len=%d", self.model, self.max_model_len)
 
     def _stats_tap_factory(self) -> Any:
