@@ -18,18 +18,16 @@ from gateway.core.generation import GenerationRequest
 _END = object()
 
 
-async def generation_outputs(engine: Engine, gen: GenerationRequest) -> AsyncGenerator[EngineOutput, None]:
+def generation_outputs(engine: Engine, gen: GenerationRequest) -> AsyncGenerator[EngineOutput, None]:
     """Every output of every engine request of `gen`; the stream ends when all of them have."""
-    requests = gen.engine_requests()
-    if len(requests) == 1:
-        outputs = engine.generate(gen.request_id, gen.prompt_token_ids, gen.options)
-        try:
-            async for out in outputs:
-                yield out
-        finally:
-            await outputs.aclose()
-        return
+    if not gen.extra_prompts:  # the engine's own stream: no extra hop per token
+        return engine.generate(gen.request_id, gen.prompt_token_ids, gen.options)
+    return _merged(engine, gen.engine_requests())
 
+
+async def _merged(
+    engine: Engine, requests: list[tuple[str, list[int], SamplingOptions]]
+) -> AsyncGenerator[EngineOutput, None]:
     # Unbounded: the engine's own output queues are unbounded too, and every
     # request's output is bounded by its max_tokens.
     queue: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
