@@ -132,12 +132,18 @@ class VLLMFrontend:
         generate_kwargs: dict[str, Any] = {"priority": request.priority}
         parser_factory = None
         if parser_cls is not None:
-            parser = parser_cls(
-                self._tokenizer, request.tools, chat_template_kwargs=template_kwargs, model_config=self._model_config
-            )
-            generate_kwargs["reasoning_ended"] = request.resolve_reasoning_ended(parser, ids)
-            if parser.reasoning_parser is not None:
+            # Whether the prompt already ended the reasoning: only a reasoning parser can tell
+            # (without one the answer is the same as without a parser, and none is built).
+            parser = None
+            if parser_cls.reasoning_parser_cls is not None:
+                parser = parser_cls(
+                    self._tokenizer,
+                    request.tools,
+                    chat_template_kwargs=template_kwargs,
+                    model_config=self._model_config,
+                )
                 generate_kwargs["reasoning_parser_kwargs"] = {"chat_template_kwargs": template_kwargs}
+            generate_kwargs["reasoning_ended"] = request.resolve_reasoning_ended(parser, ids)
             if self._parses(parser_cls, request):
 
                 def parser_factory(prompt_ids: list[int]) -> VLLMAnswerParser:
