@@ -146,7 +146,8 @@ class VLLMEngine:
     async def generate(
         self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions
     ) -> AsyncGenerator[EngineOutput, None]:
-        from vllm.exceptions import VLLMValidationError
+        from vllm.entrypoints.serve.exception_handling.utils import sanitize_message
+        from vllm.exceptions import VLLMClientError
         from vllm.inputs.engine import tokens_input
         from vllm.sampling_params import RequestOutputKind, SamplingParams
         from vllm.v1.engine.exceptions import EngineDeadError
@@ -175,8 +176,10 @@ class VLLMEngine:
             )
             prompt, kwargs = tokens_input(prompt_token_ids), {}
         stream = self._llm.generate(prompt, params, request_id, **kwargs)
+        started = False
         try:
             async for out in stream:
+                started = True
                 num_prompt_tokens = len(out.prompt_token_ids or ())
                 prompt_logprobs = out.prompt_logprobs
                 for completion in out.outputs:
@@ -197,8 +200,15 @@ class VLLMEngine:
                     prompt_logprobs = None  # once per request output, with its first answer
         except EngineDeadError as exc:
             raise EngineDead("the vLLM engine has died") from exc
-        except VLLMValidationError as exc:
-            raise BadChatRequest(_refusal_message(exc), param=exc.parameter) from exc
+        except VLLMClientError as exc:
+            raise BadChatRequest(
+                sanitize_message(_refusal_message(exc)), param=getattr(exc, "parameter", None)
+            ) from exc
+        except (ValueError, TypeError) as exc:
+            # Raised while vLLM checks a request before running it: its reason, as vLLM's server gives it.
+            if started:
+                raise
+            raise BadChatRequest(sanitize_message(str(exc)) or "the engine refused this request") from exc
         finally:
             await stream.aclose()
 
