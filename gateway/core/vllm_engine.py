@@ -146,8 +146,6 @@ class VLLMEngine:
     async def generate(
         self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions
     ) -> AsyncGenerator[EngineOutput, None]:
-        from vllm.entrypoints.serve.exception_handling.utils import sanitize_message
-        from vllm.exceptions import VLLMClientError
         from vllm.inputs.engine import tokens_input
         from vllm.sampling_params import RequestOutputKind, SamplingParams
         from vllm.v1.engine.exceptions import EngineDeadError
@@ -200,15 +198,12 @@ class VLLMEngine:
                     prompt_logprobs = None  # once per request output, with its first answer
         except EngineDeadError as exc:
             raise EngineDead("the vLLM engine has died") from exc
-        except VLLMClientError as exc:
-            raise BadChatRequest(
-                sanitize_message(_refusal_message(exc)), param=getattr(exc, "parameter", None)
-            ) from exc
-        except (ValueError, TypeError) as exc:
-            # Raised while vLLM checks a request before running it: its reason, as vLLM's server gives it.
-            if started:
+        except Exception as exc:
+            # Raised while vLLM checks a request before running it: a 400 with its reason.
+            error = None if started else refusal(exc)
+            if error is None:
                 raise
-            raise BadChatRequest(sanitize_message(str(exc)) or "the engine refused this request") from exc
+            raise error from exc
         finally:
             await stream.aclose()
 
@@ -232,6 +227,21 @@ def _finish_reason(reason: str) -> FinishReason:
     return "stop"
 
 
-def _refusal_message(exc: Exception) -> str:
-    """vLLM's reason for refusing a request, in its words (without its `(parameter=...)` suffix)."""
-    return str(exc.args[0]) if exc.args else "the engine refused this request"
+def refusal(exc: BaseException) -> BadChatRequest | None:
+    """The 400 vLLM's server answers for an exception of its request handling, in vLLM's words.
+
+    None when the exception is not a refusal of the request (a bug, an engine fault).
+    """
+    from vllm.entrypoints.serve.exception_handling.utils import sanitize_message
+    from vllm.exceptions import VLLMClientError
+
+    if isinstance(exc, VLLMClientError):
+        message = str(exc.args[0]) if exc.args else "the request is not valid"  # without vLLM's "(parameter=...)"
+        return BadChatRequest(sanitize_message(message), param=getattr(exc, "parameter", None))
+    # vLLM's server answers these with a 400 too: its checks still raise plain ValueErrors, and a
+    # chat template refuses a conversation with jinja2's TemplateError.
+    if isinstance(exc, (ValueError, TypeError, OverflowError)) or any(
+        cls.__name__ == "TemplateError" for cls in type(exc).__mro__
+    ):
+        return BadChatRequest(sanitize_message(str(exc)) or "the request is not valid")
+    return None

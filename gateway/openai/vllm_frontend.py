@@ -26,7 +26,6 @@ from vllm.entrypoints.openai.chat_completion.protocol import (
 )
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
-from vllm.entrypoints.serve.exception_handling.utils import sanitize_message
 from vllm.entrypoints.serve.tokenize.protocol import (
     DetokenizeRequest,
     TokenizeChatRequest,
@@ -41,7 +40,7 @@ from vllm.renderers.online_renderer import OnlineRenderer
 
 from gateway.core import SamplingOptions
 from gateway.core.errors import BadChatRequest, GatewayError, ModelNotFound
-from gateway.core.vllm_engine import VLLMParams
+from gateway.core.vllm_engine import VLLMParams, refusal
 from gateway.openai.bodies import json_object, parse, warn_ignored
 from gateway.openai.frontend import AnswerSpec, Prepared, Prompt
 from gateway.openai.grammar import strict_structured_outputs
@@ -61,19 +60,6 @@ _CONTAINERS: dict[str, type] = {
     "logit_bias": dict,
 }
 _CHAT_CONTAINERS = {**_CONTAINERS, "messages": list, "tools": list, "chat_template_kwargs": dict}
-
-
-def refusal(exc: BaseException) -> GatewayError | None:
-    """The 400 vLLM's server would answer for an exception of its request handling, in vLLM's words."""
-    if isinstance(exc, VLLMClientError):
-        return BadChatRequest(
-            sanitize_message(str(exc.args[0]) if exc.args else "invalid request"), param=getattr(exc, "parameter", None)
-        )
-    if isinstance(exc, (ValueError, TypeError, OverflowError)) or any(
-        cls.__name__ == "TemplateError" for cls in type(exc).__mro__
-    ):
-        return BadChatRequest(sanitize_message(str(exc)) or "invalid request")
-    return None
 
 
 class VLLMFrontend:
