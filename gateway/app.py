@@ -72,6 +72,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with core.lifespan(app):
+            await openai_routes.prepare()
             try:
                 yield
             finally:
@@ -141,7 +142,7 @@ def create_app(
     async def metrics() -> Response:
         return Response(core.metrics.render(), media_type=CONTENT_TYPE)
 
-    add_openai_routes(app, core, callback)
+    openai_routes = add_openai_routes(app, core, callback)
     api_keys = config.api_keys()
     if api_keys:
         app.add_middleware(

@@ -11,6 +11,7 @@ They are stateless: no session is read and nothing is recorded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -80,6 +81,11 @@ class OpenAIRoutes:
                     self._frontend_for = client
         assert self._frontend is not None
         return self._frontend
+
+    async def prepare(self) -> None:
+        """Build the frontend now (at start-up), so the first requests do not wait for it."""
+        with contextlib.suppress(EngineUnavailable):  # no engine yet: the first request builds it
+            await self.frontend()
 
     def refuse(self, route: str, error: GatewayError) -> JSONResponse:
         self.core.count_refusal(route, error)
