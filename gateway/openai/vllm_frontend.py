@@ -115,31 +115,26 @@ class VLLMFrontend:
 
         parser_cls = renderer.parser
         template_kwargs = renderer.effective_chat_template_kwargs(request)
+
+        def make_parser() -> Any:  # vLLM's parsers keep state: one per answer
+            return parser_cls(
+                self._tokenizer, request.tools, chat_template_kwargs=template_kwargs, model_config=self._model_config
+            )
+
         generate_kwargs: dict[str, Any] = {"priority": request.priority}
         parser_factory = None
         if parser_cls is not None:
-            # Whether the prompt already ended the reasoning: only a reasoning parser can tell
-            # (without one the answer is the same as without a parser, and none is built).
-            parser = None
-            if parser_cls.reasoning_parser_cls is not None:
-                parser = parser_cls(
-                    self._tokenizer,
-                    request.tools,
-                    chat_template_kwargs=template_kwargs,
-                    model_config=self._model_config,
-                )
+            # Whether the prompt already ended the reasoning: only a reasoning parser can tell.
+            reasoning = parser_cls.reasoning_parser_cls is not None
+            if reasoning:
                 generate_kwargs["reasoning_parser_kwargs"] = {"chat_template_kwargs": template_kwargs}
-            generate_kwargs["reasoning_ended"] = request.resolve_reasoning_ended(parser, ids)
+            generate_kwargs["reasoning_ended"] = request.resolve_reasoning_ended(
+                make_parser() if reasoning else None, ids
+            )
             if self._parses(parser_cls, request):
 
                 def parser_factory(prompt_ids: list[int]) -> VLLMAnswerParser:
-                    fresh = parser_cls(
-                        self._tokenizer,
-                        request.tools,
-                        chat_template_kwargs=template_kwargs,
-                        model_config=self._model_config,
-                    )
-                    return VLLMAnswerParser(fresh, request, prompt_ids, self.config.enable_auto_tool_choice)
+                    return VLLMAnswerParser(make_parser(), request, prompt_ids, self.config.enable_auto_tool_choice)
 
         # vLLM hides per-token details when the answer's reasoning is hidden (they would show it).
         hidden = parser_factory is not None and not request.include_reasoning
@@ -151,6 +146,7 @@ class VLLMFrontend:
             max_tokens=params.max_tokens,
             native=VLLMParams(params, request.cache_salt, generate_kwargs),
         )
+        include_usage, continuous_usage = _usage(request)
         spec = AnswerSpec(
             model=self._names[0],
             streaming=bool(request.stream),
@@ -159,8 +155,8 @@ class VLLMFrontend:
             all_top_logprobs=bool(request.logprob_token_ids),
             echo=request.echo,
             echo_text=_echo_text(conversation, continued) if request.echo else "",
-            include_usage=_usage(request)[0],
-            continuous_usage=_usage(request)[1],
+            include_usage=include_usage,
+            continuous_usage=continuous_usage,
             return_token_ids=bool(request.return_token_ids) and not hidden,
             return_prompt_text=bool(request.return_prompt_text),
             tokens_as_ids=self._tokens_as_ids(request.return_tokens_as_token_ids),
