@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 MODEL  ?= models/tiny
 PORT   ?= 8000
 
-.PHONY: demo test lint system-deps bench bench-full soak clean screenshots
+.PHONY: demo test clients-venv lint system-deps bench bench-full soak clean screenshots
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
-$(MODEL)/config.json: | $(STAMP)
+# Rebuilt when its recipe (weights, tokenizer, chat template) changes.
+$(MODEL)/config.json: gateway/tiny_model.py | $(STAMP)
 	$(BIN)/chatstream-gateway make-tiny-model $(MODEL)
 
 system-deps:
@@ -31,7 +32,21 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check gateway prompts tests benchmarks
 	$(BIN)/mypy gateway prompts
 
-test: system-deps $(STAMP) $(MODEL)/config.json lint
+# The real clients of tests/clients, in their own environment (see tests/clients/requirements.txt).
+CLIENTS_VENV  := .venv-clients
+CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
+
+$(CLIENTS_STAMP): tests/clients/requirements.txt
+	python3 -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/python -m pip install -q --upgrade pip
+	# torch alone first: the local CPU wheel, not a CUDA build pulled in by guidellm.
+	$(CLIENTS_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(CLIENTS_VENV)/bin/python -m pip install -q -r tests/clients/requirements.txt
+	touch $@
+
+clients-venv: $(CLIENTS_STAMP)
+
+test: system-deps $(STAMP) $(CLIENTS_STAMP) $(MODEL)/config.json lint
 	CHATSTREAM_TEST_MODEL=$(MODEL) $(PY) -m pytest -q
 
 # The benchmark harness (README, section bench). `bench` is the quick smoke run CI also makes
@@ -58,4 +73,4 @@ screenshots: system-deps $(STAMP)
 	$(PY) -m tests.screenshots docs/screenshots
 
 clean:
-	rm -rf $(VENV) models .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CLIENTS_VENV) models .pytest_cache .mypy_cache .ruff_cache

@@ -122,6 +122,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await check_store(store)  # before the engine: a wrong store fails the start in a second
         async with core.lifespan(app):
+            await openai_routes.prepare()
             try:
                 yield
             finally:
@@ -201,7 +202,7 @@ def create_app(
     async def metrics() -> Response:
         return Response(core.metrics.render(), media_type=CONTENT_TYPE)
 
-    add_openai_routes(app, core, callback)
+    openai_routes = add_openai_routes(app, core, callback)
     if keys is not None:
         if keys.has_admin:
             add_admin_routes(app, core.admission)

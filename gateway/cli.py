@@ -43,7 +43,10 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
         if kind == "bool":
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif kind == "list":
-            parser.add_argument(flag, dest=name, action="append", default=None, metavar="VALUE", help=help_text)
+            # Repeated or several at once, as vLLM takes `--served-model-name NAME [NAME ...]`.
+            parser.add_argument(
+                flag, dest=name, action="extend", nargs="+", default=None, metavar="VALUE", help=help_text
+            )
         else:
             parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
 

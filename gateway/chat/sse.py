@@ -6,6 +6,7 @@ import json
 
 from sse_starlette import JSONServerSentEvent
 
+from gateway.core.engine import EngineOutput
 from gateway.core.errors import GatewayError, error_body
 from gateway.core.generation import Outcome
 from gateway.http.sse import PING, SSE_HEADERS
@@ -43,8 +44,8 @@ class ChatSSE:
     def __init__(self, message_id: str) -> None:
         self.message_id = message_id
 
-    def delta(self, text: str) -> bytes:
-        return delta_event(text)
+    def delta(self, output: EngineOutput) -> bytes:
+        return delta_event(output.text) if output.text else b""
 
     def done(self, outcome: Outcome) -> bytes:
         return done_event(

@@ -9,18 +9,25 @@ tests load without vLLM.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from prompts import Tokenizer
 
-FinishReason = Literal["stop", "length", "abort"]
+# "repetition": the engine cut a looping answer (vLLM's repetition detection).
+FinishReason = Literal["stop", "length", "abort", "repetition"]
 
 
 @dataclass(frozen=True, slots=True)
 class SamplingOptions:
-    """How to sample one answer. `top_k=0` means no top-k cut."""
+    """How to sample one answer. `top_k=0` means no top-k cut.
+
+    `native` carries the engine's own parameters, built by an API that speaks the
+    engine's language (for `VLLMEngine`: a `VLLMParams`, whose vLLM SamplingParams
+    then decide everything, `n` answers included); the fields above still tell the
+    gateway the answer's length. An engine that does not know `native` ignores it.
+    """
 
     max_tokens: int
     temperature: float = 1.0
@@ -31,16 +38,32 @@ class SamplingOptions:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False
+    native: Any = None
+    answers: int = 1  # how many answers `native` asks for (`n`): each counts in the token budget
 
 
 @dataclass(frozen=True, slots=True)
 class EngineOutput:
-    """What arrived since the previous output of one generation."""
+    """What arrived since the previous output of one answer of a generation.
+
+    `finish_reason` is set on an answer's last output. `index` tells the answers of
+    one request apart (n > 1), `prompt_index` the prompts of one generation (the
+    runner sets it). `logprobs`, `prompt_logprobs` and `stop_reason` are the
+    engine's own records (for vLLM: its per-token logprob dicts, the prompt's, and
+    the stop string or token that ended the answer), there when the native
+    parameters asked for them.
+    """
 
     text: str
     num_new_tokens: int
     num_prompt_tokens: int
     finish_reason: FinishReason | None = None
+    index: int = 0
+    prompt_index: int = 0
+    token_ids: Sequence[int] = ()
+    logprobs: Any = None
+    prompt_logprobs: Any = None
+    stop_reason: int | str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +95,7 @@ class Engine(Protocol):
     def generate(
         self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions
     ) -> AsyncGenerator[EngineOutput, None]:
-        """Stream one generation's deltas; the last output has a finish_reason."""
+        """Stream one generation's deltas; each answer's last output has a finish_reason."""
         ...
 
     async def abort(self, request_id: str) -> None:

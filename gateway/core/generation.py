@@ -18,7 +18,12 @@ from gateway.core.engine import SamplingOptions
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
-    """What a client asked for, ready for the engine."""
+    """What a client asked for, ready for the engine.
+
+    `arrived_at` is when the request reached the server (monotonic clock): an API
+    that does work before building this (reading, rendering) passes the time it
+    took at its entry, so time to first token counts that work too.
+    """
 
     request_id: str
     route: str
@@ -32,6 +37,20 @@ class GenerationRequest:
     user: str | None = None
     arrived_at: float = field(default_factory=time.monotonic)
     created: int = field(default_factory=lambda: int(time.time()))
+    # Further prompts answered in the same response (a completions request given
+    # several prompts), each with its options; each runs as its own engine request.
+    extra_prompts: tuple[tuple[list[int], SamplingOptions], ...] = ()
+
+    def engine_requests(self) -> list[tuple[str, list[int], SamplingOptions]]:
+        """Every engine request of this generation: (engine request id, prompt, options)."""
+        first = (self.request_id, self.prompt_token_ids, self.options)
+        rest = [(f"{self.request_id}-{i}", ids, opts) for i, (ids, opts) in enumerate(self.extra_prompts, 1)]
+        return [first, *rest]
+
+    def token_cost(self) -> tuple[int, int]:
+        """(prompt tokens, most output tokens) of all its engine requests: what admission budgets."""
+        requests = self.engine_requests()
+        return sum(len(ids) for _, ids, _ in requests), sum(o.max_tokens * o.answers for _, _, o in requests)
 
 
 @dataclass(eq=False, slots=True)
@@ -43,8 +62,10 @@ class Outcome:
     last_token_at: float | None = None
     ended_at: float | None = None
     text_parts: list[str] = field(default_factory=list)
-    # How many of `text_parts` reached the client (deltas sent, or all of them with the last body).
+    # How many of `text_parts` reached the client: all of those generated before the last body sent.
     parts_sent: int = 0
+    # A delta reached the client (with text, or only tokens or logprobs: what counts as streaming).
+    streamed: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None
@@ -74,7 +95,7 @@ class Outcome:
 
     def client_left(self) -> None:
         """The client went away (hung up, or stopped reading)."""
-        if self.parts_sent:
+        if self.streamed:
             self.end(CompletionState.CLIENT_DISCONNECTED_WHILE_STREAMING)
         else:
             self.end(CompletionState.CLIENT_DISCONNECTED_BEFORE_STREAMING)

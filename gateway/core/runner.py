@@ -32,10 +32,11 @@ from starlette.types import Message, Send
 
 from gateway.core.admission import CLAIM_STATE, AdmissionController, Ticket
 from gateway.core.completion import CompletionCallback, CompletionState, fire_callback
-from gateway.core.engine import Engine, EngineDead
+from gateway.core.engine import Engine, EngineDead, EngineOutput
 from gateway.core.errors import EngineUnavailable, GatewayError, error_headers
 from gateway.core.generation import GenerationRequest, Outcome
 from gateway.core.metrics import Metrics
+from gateway.core.outputs import generation_outputs
 from gateway.core.principal import ANONYMOUS
 from gateway.core.request_log import mark_logged, request_id_of
 
@@ -51,7 +52,9 @@ class StreamFormat(Protocol):
     headers: list[tuple[bytes, bytes]]
     ping: bytes
 
-    def delta(self, text: str) -> bytes: ...
+    def delta(self, output: EngineOutput) -> bytes:
+        """What to send for one engine output; b"" sends nothing (a body spelled at the end, held-back text)."""
+        ...
 
     def done(self, outcome: Outcome) -> bytes: ...
 
@@ -145,7 +148,7 @@ class GenerationRunner:
                 raise EngineUnavailable("the engine is not available", retry_after=5)
             if ticket is None:
                 ticket = self.admission.claim()
-            ticket.confirm(len(gen.prompt_token_ids), gen.options.max_tokens, gen.priority, gen.user)
+            ticket.confirm(*gen.token_cost(), gen.priority, gen.user)
         except BaseException:
             if ticket is not None:
                 ticket.release()
@@ -185,8 +188,10 @@ class GenerationRunner:
     async def _pump(self, gen: GenerationRequest, outcome: Outcome, stream: _Stream, lock: asyncio.Lock) -> None:
         metrics, fmt = self.metrics, stream.fmt
         outcome.engine_started = True
+        # Several prompts: each reports its own prompt length (one prompt: no dict on the token path).
+        prompt_tokens: dict[int, int] | None = {} if gen.extra_prompts else None
         try:
-            async with aclosing(self.engine.generate(gen.request_id, gen.prompt_token_ids, gen.options)) as outputs:
+            async with aclosing(generation_outputs(self.engine, gen)) as outputs:
                 async for out in outputs:
                     now = time.monotonic()
                     if out.num_new_tokens:
@@ -198,16 +203,23 @@ class GenerationRunner:
                             for _ in range(out.num_new_tokens):
                                 metrics.itl.observe(gap)
                         outcome.last_token_at = now
-                    outcome.prompt_tokens = out.num_prompt_tokens
+                    if prompt_tokens is None:
+                        outcome.prompt_tokens = out.num_prompt_tokens
+                    else:
+                        prompt_tokens[out.prompt_index] = out.num_prompt_tokens
+                        outcome.prompt_tokens = sum(prompt_tokens.values())
                     outcome.completion_tokens += out.num_new_tokens
                     if out.finish_reason is not None:
                         outcome.finish_reason = out.finish_reason
-                        outcome.engine_finished = True
                     if out.text:
                         outcome.text_parts.append(out.text)
-                        if fmt.streaming:
-                            await self._send_body(stream, lock, fmt.delta(out.text))
-                            outcome.parts_sent += 1
+                    body = fmt.delta(out)
+                    if body:
+                        await self._send_body(stream, lock, body)
+                        outcome.parts_sent = len(outcome.text_parts)
+                        outcome.streamed = True
+            # The stream ended by itself: every engine request of the generation has finished.
+            outcome.engine_finished = True
         except EngineDead:
             err = EngineUnavailable("the engine stopped while generating this answer", retry_after=5)
             outcome.fail(err)
@@ -331,10 +343,11 @@ class GenerationRunner:
         ticket.release(outcome.completion_tokens)
         outcome.ended_at = time.monotonic()
         if outcome.engine_started and not outcome.engine_finished:
-            try:
-                await self.engine.abort(gen.request_id)
-            except Exception:
-                logger.exception("aborting request %s failed", gen.request_id)
+            for request_id, _, _ in gen.engine_requests():
+                try:
+                    await self.engine.abort(request_id)
+                except Exception:
+                    logger.exception("aborting request %s failed", request_id)
         # Nothing recorded an ending (e.g. the server cancelled the task): an error.
         outcome.end(CompletionState.UNKNOWN_ERROR_OCCURRED)
         state = outcome.state

@@ -41,7 +41,8 @@ class Core:
             from gateway.core.vllm_engine import VLLMEngine  # vLLM is heavy: import it only when used
 
             model = config.model or str(config.tiny_model_dir)
-            engine = VLLMEngine(model, {**config.engine_args(), **(engine_args or {})})
+            engine_args = {**config.engine_args(), **(engine_args or {})}
+            engine = VLLMEngine(model, engine_args, chat_template=config.chat_template)
         self.config = config
         self.engine: Engine = engine
         self.admission = AdmissionController(config.concurrency, config.queue_size, token_budget=config.token_budget)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.core.engine import EngineDead, EngineOutput, EngineStats, FinishReason, SamplingOptions
@@ -22,14 +23,28 @@ logger = logging.getLogger(__name__)
 # machine's memory and compile kernels for minutes. These fit a small server.
 CPU_DEFAULTS: dict[str, Any] = {"gpu_memory_utilization": 0.3, "enforce_eager": True}
 CPU_KV_CACHE_GIB = "1"
-REFUSED = "the model cannot take this request: its prompt or a sampling setting is outside what the model accepts"
+
+
+@dataclass(frozen=True, slots=True)
+class VLLMParams:
+    """vLLM's own parameters for one engine request (`SamplingOptions.native`).
+
+    `sampling` is a vLLM `SamplingParams` (its output kind is set to DELTA here);
+    `cache_salt` goes with the prompt; `generate_kwargs` to `AsyncLLM.generate`
+    (priority, reasoning state).
+    """
+
+    sampling: Any
+    cache_salt: str | None = None
+    generate_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
 class _HFTokenizer:
     """A Hugging Face tokenizer seen through the `prompts.Tokenizer` protocol."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, chat_template: str | None = None) -> None:
         self._tokenizer = tokenizer
+        self._chat_template = chat_template  # None: the model's own
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self._tokenizer.encode(text, add_special_tokens=False)
@@ -37,20 +52,32 @@ class _HFTokenizer:
 
     def render_chat(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool) -> str:
         text: str = self._tokenizer.apply_chat_template(
-            [dict(m) for m in messages], add_generation_prompt=add_generation_prompt, tokenize=False
+            [dict(m) for m in messages],
+            add_generation_prompt=add_generation_prompt,
+            tokenize=False,
+            chat_template=self._chat_template,
         )
         return text
 
 
 class VLLMEngine:
-    """vLLM's AsyncLLM for one model. `engine_args` go to vLLM's AsyncEngineArgs."""
+    """vLLM's AsyncLLM for one model. `engine_args` go to vLLM's AsyncEngineArgs.
+
+    `chat_template` (a file or the template itself, as vLLM's `--chat-template`)
+    replaces the model's own for `tokenizer.render_chat`.
+    """
 
     def __init__(
-        self, model: str, engine_args: Mapping[str, Any] | None = None, served_model_name: str | None = None
+        self,
+        model: str,
+        engine_args: Mapping[str, Any] | None = None,
+        served_model_name: str | None = None,
+        chat_template: str | None = None,
     ) -> None:
         self.model = model
         self.engine_args = dict(engine_args or {})
         self.model_name = served_model_name or model
+        self.chat_template = chat_template
         self.max_model_len = 0
         self._llm: Any = None
         self._tokenizer: _HFTokenizer | None = None
@@ -69,7 +96,9 @@ class VLLMEngine:
         engine_args = AsyncEngineArgs(model=self.model, disable_log_stats=False, **args)
         self._llm = AsyncLLM.from_engine_args(engine_args, stat_loggers=[self._stats_tap_factory()])
         self.max_model_len = int(self._llm.model_config.max_model_len)
-        self._tokenizer = _HFTokenizer(self._llm.get_tokenizer())
+        from vllm.renderers.chat_utils import load_chat_template
+
+        self._tokenizer = _HFTokenizer(self._llm.get_tokenizer(), load_chat_template(self.chat_template))
         logger.info("engine ready: model=%s max_model_len=%d", self.model, self.max_model_len)
 
     def _stats_tap_factory(self) -> Any:
@@ -77,7 +106,7 @@ class VLLMEngine:
 
         engine = self
 
-        class StatsTap(StatLoggerBase):
+        class StatsTap(StatLoggerBase):  # type: ignore[misc]
             """Keeps the scheduler's latest load figures for /metrics."""
 
             def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
@@ -104,6 +133,11 @@ class VLLMEngine:
             self._llm = None
 
     @property
+    def vllm_client(self) -> Any:
+        """vLLM's AsyncLLM once started (None before): its renderer and configuration serve the OpenAI API."""
+        return self._llm
+
+    @property
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
             raise RuntimeError("the engine has not started")
@@ -112,42 +146,66 @@ class VLLMEngine:
     async def generate(
         self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions
     ) -> AsyncGenerator[EngineOutput, None]:
-        from vllm.exceptions import VLLMValidationError
         from vllm.inputs.engine import tokens_input
         from vllm.sampling_params import RequestOutputKind, SamplingParams
         from vllm.v1.engine.exceptions import EngineDeadError
 
         if self._llm is None:
             raise EngineDead("the engine is not running")
-        params = SamplingParams(
-            n=1,
-            max_tokens=options.max_tokens,
-            temperature=options.temperature,
-            top_p=options.top_p,
-            top_k=options.top_k,
-            min_tokens=options.min_tokens,
-            repetition_penalty=options.repetition_penalty,
-            stop=list(options.stop) or None,
-            seed=options.seed,
-            ignore_eos=options.ignore_eos,
-            output_kind=RequestOutputKind.DELTA,
-        )
-        stream = self._llm.generate(tokens_input(prompt_token_ids), params, request_id)
+        native = options.native
+        if isinstance(native, VLLMParams):
+            params = native.sampling
+            params.output_kind = RequestOutputKind.DELTA
+            prompt = tokens_input(prompt_token_ids, cache_salt=native.cache_salt)
+            kwargs = dict(native.generate_kwargs)
+        else:
+            params = SamplingParams(
+                n=1,
+                max_tokens=options.max_tokens,
+                temperature=options.temperature,
+                top_p=options.top_p,
+                top_k=options.top_k,
+                min_tokens=options.min_tokens,
+                repetition_penalty=options.repetition_penalty,
+                stop=list(options.stop) or None,
+                seed=options.seed,
+                ignore_eos=options.ignore_eos,
+                output_kind=RequestOutputKind.DELTA,
+            )
+            prompt, kwargs = tokens_input(prompt_token_ids), {}
+        stream = self._llm.generate(prompt, params, request_id, **kwargs)
+        started = False
         try:
             async for out in stream:
-                completion = out.outputs[0]
-                yield EngineOutput(
-                    text=completion.text,
-                    num_new_tokens=len(completion.token_ids),
-                    num_prompt_tokens=len(out.prompt_token_ids or ()),
-                    finish_reason=_finish_reason(completion.finish_reason) if out.finished else None,
-                )
+                started = True
+                num_prompt_tokens = len(out.prompt_token_ids or ())
+                prompt_logprobs = out.prompt_logprobs
+                for completion in out.outputs:
+                    reason = completion.finish_reason
+                    if reason == "error":  # vLLM: a request-level failure inside the engine
+                        raise RuntimeError(f"the engine failed request {request_id}")
+                    yield EngineOutput(
+                        text=completion.text,
+                        num_new_tokens=len(completion.token_ids),
+                        num_prompt_tokens=num_prompt_tokens,
+                        finish_reason=None if reason is None else _finish_reason(reason),
+                        index=completion.index,
+                        token_ids=completion.token_ids,
+                        logprobs=completion.logprobs,
+                        prompt_logprobs=prompt_logprobs,
+                        stop_reason=completion.stop_reason,
+                    )
+                    prompt_logprobs = None  # once per request output, with its first answer
         except EngineDeadError as exc:
             raise EngineDead("the vLLM engine has died") from exc
-        except VLLMValidationError as exc:
-            # vLLM's wording names its internals and may quote the request: the client gets words.
+        except Exception as exc:
+            # Raised while vLLM checks a request before running it: a 400 with its reason, in
+            # vLLM's server's words (clients parse some, "maximum context length"), sanitized.
+            error = None if started else refusal(exc)
+            if error is None:
+                raise
             logger.debug("vLLM refused request %s: %s", request_id, exc)
-            raise BadChatRequest(REFUSED) from exc
+            raise error from exc
         finally:
             await stream.aclose()
 
@@ -165,9 +223,27 @@ class VLLMEngine:
         return self._stats
 
 
-def _finish_reason(reason: str | None) -> FinishReason:
-    if reason == "length":
-        return "length"
-    if reason == "abort":
-        return "abort"
+def _finish_reason(reason: str) -> FinishReason:
+    if reason in ("length", "abort", "repetition"):
+        return reason  # type: ignore[return-value]
     return "stop"
+
+
+def refusal(exc: BaseException) -> BadChatRequest | None:
+    """The 400 vLLM's server answers for an exception of its request handling, in vLLM's words.
+
+    None when the exception is not a refusal of the request (a bug, an engine fault).
+    """
+    from vllm.entrypoints.serve.exception_handling.utils import sanitize_message
+    from vllm.exceptions import VLLMClientError
+
+    if isinstance(exc, VLLMClientError):
+        message = str(exc.args[0]) if exc.args else "the request is not valid"  # without vLLM's "(parameter=...)"
+        return BadChatRequest(sanitize_message(message), param=getattr(exc, "parameter", None))
+    # vLLM's server answers these with a 400 too: its checks still raise plain ValueErrors, and a
+    # chat template refuses a conversation with jinja2's TemplateError.
+    if isinstance(exc, (ValueError, TypeError, OverflowError)) or any(
+        cls.__name__ == "TemplateError" for cls in type(exc).__mro__
+    ):
+        return BadChatRequest(sanitize_message(str(exc)) or "the request is not valid")
+    return None

@@ -84,13 +84,19 @@ class UserKeys:
 
 
 def is_protected(path: str, metrics_auth: bool) -> bool:
-    """Which paths need a key: the OpenAI API, the admin endpoints, and /metrics when asked.
+    """Which paths need a key: the OpenAI API (and vLLM's tokenizer routes beside it), the admin
+    endpoints, and /metrics when asked.
 
     `/health` and `/ready` stay open for probes; `/chat_stream` and its helpers
     are the browser's session API (a page cannot keep a bearer key secret), so
     they are protected by whatever authenticates the page's users instead.
     """
-    return _under(path, "/v1") or _under(path, "/admin") or (metrics_auth and path == "/metrics")
+    return (
+        _under(path, "/v1")
+        or _under(path, "/admin")
+        or path in ("/tokenize", "/detokenize")
+        or (metrics_auth and path == "/metrics")
+    )
 
 
 def _under(path: str, prefix: str) -> bool:

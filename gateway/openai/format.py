@@ -1,8 +1,15 @@
-"""How the OpenAI routes spell a generation: stream chunks, one JSON body, errors."""
+"""What both OpenAI formats share: the error shape, JSON, the chunk head, usage.
+
+`ChatFormat` and `CompletionFormat` spell one generation as OpenAI chunks
+(`data: {...}` lines, then `data: [DONE]`) or one JSON body. Both keep one
+small `Answer` record per choice, and a fast path for plain text: one
+pre-encoded chunk prefix per generation, no per-token objects.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -10,13 +17,16 @@ from starlette.responses import JSONResponse
 from gateway.core.errors import GatewayError, error_headers
 from gateway.core.generation import GenerationRequest, Outcome
 from gateway.http.sse import PING, SSE_HEADERS
+from gateway.openai.frontend import AnswerParser, AnswerSpec
+from gateway.openai.logprobs import TokenText
 
 _TYPE_BY_STATUS = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
-_DONE = b"data: [DONE]\n\n"
+DONE = b"data: [DONE]\n\n"
+JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 def openai_error_body(error: GatewayError) -> dict[str, dict[str, str | None]]:
-    """OpenAI's error shape; `code` is the gateway's machine-readable error type."""
+    """OpenAI's error shape; `code` is the gateway's machine-readable error type (a string, as OpenAI's)."""
     kind = _TYPE_BY_STATUS.get(error.status, "server_error" if error.status >= 500 else "invalid_request_error")
     return {"error": {"message": error.message, "type": kind, "param": error.param, "code": error.type}}
 
@@ -25,60 +35,70 @@ def openai_error_response(error: GatewayError) -> JSONResponse:
     return JSONResponse(openai_error_body(error), status_code=error.status, headers=error_headers(error))
 
 
-def _dumps(value: Any) -> bytes:
+def dumps(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-class OpenAIFormat:
-    """One generation spelled as OpenAI chunks (`data: {...}`, then `data: [DONE]`) or one JSON body."""
+def event(value: Any) -> bytes:
+    return b"data: " + dumps(value) + b"\n\n"
+
+
+def usage(prompt: int, completion: int, reasoning: int | None = None) -> dict[str, Any]:
+    """OpenAI's usage; details only when there is something in them (never null)."""
+    body: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if reasoning is not None:
+        body["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return body
+
+
+@dataclass(eq=False, slots=True)
+class Answer:
+    """One choice of one generation, as it arrives."""
+
+    index: int
+    prompt_index: int = 0
+    parser: AnswerParser | None = None
+    opened: bool = False  # its first chunk (the role, the echo) has been sent
+    tokens: int = 0
+    parts: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[Any] = field(default_factory=list)  # chat: entries; completions: the engine's records
+    streamed_tool_calls: bool = False
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class BaseFormat:
+    """The head every chunk or body starts with, errors, and the keep-alive comment."""
 
     ping = PING
 
-    def __init__(self, gen: GenerationRequest, model: str, *, chat: bool, streaming: bool, include_usage: bool) -> None:
-        self.chat, self.streaming, self.include_usage = chat, streaming, include_usage
-        self.headers = SSE_HEADERS if streaming else [(b"content-type", b"application/json")]
-        self._head = {"id": gen.request_id, "created": gen.created, "model": model}
-        obj = ("chat.completion" if chat else "text_completion") + (".chunk" if chat and streaming else "")
-        self._head["object"] = obj
-        # Every chunk starts the same way: build that prefix once per generation.
-        self._prefix = b"data: " + _dumps(self._head)[:-1] + b',"choices":[{"index":0,'
-        self._role_pending = chat
+    def __init__(self, gen: GenerationRequest, spec: AnswerSpec, obj: str) -> None:
+        self.spec = spec
+        self.streaming = spec.streaming
+        self.headers = SSE_HEADERS if spec.streaming else JSON_HEADERS
+        self.head: dict[str, Any] = {"id": gen.request_id, "object": obj, "created": gen.created, "model": spec.model}
+        self.answers: dict[int, Answer] = {}
+        self.token_text = TokenText(spec.decode, spec.tokens_as_ids)
 
-    def _usage(self, outcome: Outcome) -> dict[str, int]:
-        prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    def answers_in_order(self) -> list[Answer]:
+        return [self.answers[i] for i in sorted(self.answers)]
 
-    def _choice_chunk(self, piece: bytes, finish_reason: str | None) -> bytes:
-        return self._prefix + piece + b',"logprobs":null,"finish_reason":' + _dumps(finish_reason) + b"}]}\n\n"
-
-    def _piece(self, text: str) -> bytes:
-        if not self.chat:
-            return b'"text":' + _dumps(text)
-        if self._role_pending:  # the role travels with the first content, never ahead of it
-            self._role_pending = False
-            return b'"delta":' + _dumps({"role": "assistant", "content": text})
-        return b'"delta":' + _dumps({"content": text})
-
-    def delta(self, text: str) -> bytes:
-        return self._choice_chunk(self._piece(text), None)
-
-    def done(self, outcome: Outcome) -> bytes:
-        reason = "length" if outcome.finish_reason == "length" else "stop"
-        if not self.streaming:
-            if self.chat:
-                choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": outcome.text}}
-            else:
-                choice = {"index": 0, "text": outcome.text}
-            choice |= {"logprobs": None, "finish_reason": reason}
-            return _dumps({**self._head, "choices": [choice], "usage": self._usage(outcome)})
-        last = self._piece("") if self._role_pending or not self.chat else b'"delta":{}'
-        body = self._choice_chunk(last, reason)
-        if self.include_usage:
-            body += b"data: " + _dumps({**self._head, "choices": [], "usage": self._usage(outcome)}) + b"\n\n"
-        return body + _DONE
+    def usage_event(self, outcome: Outcome, completion_tokens: int, reasoning: int | None = None) -> bytes:
+        if not self.spec.include_usage:
+            return b""
+        return event({**self.head, "choices": [], "usage": usage(outcome.prompt_tokens, completion_tokens, reasoning)})
 
     def error(self, error: GatewayError) -> bytes:
-        return b"data: " + _dumps(openai_error_body(error)) + b"\n\n" + _DONE
+        return event(openai_error_body(error)) + DONE
 
     def refusal(self, error: GatewayError) -> bytes:
-        return _dumps(openai_error_body(error))
+        return dumps(openai_error_body(error))

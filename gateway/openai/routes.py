@@ -1,40 +1,39 @@
-"""The OpenAI-compatible routes: `/v1/chat/completions`, `/v1/completions`, `/v1/models`.
+"""The OpenAI-compatible routes: `/v1/chat/completions`, `/v1/completions`, `/v1/models`,
+and vLLM's `/tokenize` and `/detokenize`.
 
-They run their generations on the shared `Core` (same engine, admission,
-metrics and completion callback as `/chat_stream`) and differ only in how a
-generation is spelled (`OpenAIFormat`). They are stateless: no session is
-read and nothing is recorded when a generation ends.
+A route reads its body (under the one body limit), lets the frontend turn it
+into prompts and an answer spec (off the event loop: rendering is template and
+tokenizer work), and hands a `GenerationRequest` and a format to `Core.run`:
+the same admission, completion states, metrics and log line as `/chat_stream`.
+They are stateless: no session is read and nothing is recorded.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import re
 import time
 import uuid
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from gateway.core import CompletionCallback, Core, GenerationRequest, Outcome, SamplingOptions
-from gateway.core.errors import BadChatRequest, EngineUnavailable, GatewayError, ModelNotFound
+from gateway.core import CompletionCallback, Core, GenerationRequest, Outcome
+from gateway.core.errors import EngineUnavailable, GatewayError
 from gateway.http.limits import read_body
-from gateway.openai.format import OpenAIFormat, openai_error_response
-from gateway.openai.schema import ChatCompletionRequest, CompletionRequest, OpenAIErrorBody, SamplingFields
+from gateway.openai.chat_format import ChatFormat
+from gateway.openai.completion_format import CompletionFormat
+from gateway.openai.format import openai_error_response
+from gateway.openai.frontend import Frontend, Prepared, frontend_for
+from gateway.openai.schema import OpenAIErrorBody
 
 logger = logging.getLogger(__name__)
 
 CHAT_ROUTE = "v1/chat/completions"
 COMPLETIONS_ROUTE = "v1/completions"
-
-# pydantic names the member of a union that failed ("str", "list[TextPart]"); fields are lower-case names.
-_UNION_TAG = re.compile(r"str|int|float|bool|none|[a-z]+\[.*\]|[A-Z]\w*")
 
 
 async def _record_nothing(outcome: Outcome) -> None:
@@ -49,7 +48,7 @@ class _GenerationResponse(Response):
         core: Core,
         request: Request,
         gen: GenerationRequest,
-        fmt: OpenAIFormat,
+        fmt: ChatFormat | CompletionFormat,
         callback: CompletionCallback | None,
     ) -> None:
         super().__init__()
@@ -65,128 +64,114 @@ class OpenAIRoutes:
     def __init__(self, core: Core, callback: CompletionCallback | None) -> None:
         self.core = core
         self.callback = callback
+        self._frontend: Frontend | None = None
+        self._frontend_for: Any = None  # the engine client the frontend was built for
+        self._building = asyncio.Lock()
 
-    @property
-    def model_name(self) -> str:
-        return self.core.config.served_model_name or self.core.engine.model_name
+    async def frontend(self) -> Frontend:
+        """The frontend for the running engine, built on first use (vLLM's needs the started engine)."""
+        engine = self.core.engine
+        if not engine.is_healthy():
+            raise EngineUnavailable("the engine is not available", retry_after=5)
+        client = getattr(engine, "vllm_client", engine)
+        if self._frontend is None or self._frontend_for is not client:
+            async with self._building:
+                if self._frontend is None or self._frontend_for is not client:
+                    self._frontend = await asyncio.to_thread(frontend_for, engine, self.core.config)
+                    self._frontend_for = client
+        assert self._frontend is not None
+        return self._frontend
+
+    async def prepare(self) -> None:
+        """Build the frontend now (at start-up), so the first requests do not wait for it."""
+        with contextlib.suppress(EngineUnavailable):  # no engine yet: the first request builds it
+            await self.frontend()
 
     def refuse(self, route: str, error: GatewayError) -> JSONResponse:
         self.core.count_refusal(route, error)
         return openai_error_response(error)
 
-    def options(self, body: SamplingFields) -> SamplingOptions:
-        if body.model != self.model_name:
-            raise ModelNotFound(f"the model {body.model!r} does not exist; this server serves {self.model_name!r}")
-        if body.stream_options is not None and not body.stream:
-            raise BadChatRequest("stream_options is only allowed when stream is true", param="stream_options")
-        config = self.core.config
-        limit_param = body.token_limit_param
-        max_tokens = body.token_limit or config.max_new_tokens
-        if max_tokens > config.max_new_tokens:
-            raise BadChatRequest(f"{limit_param} must be at most {config.max_new_tokens}", param=limit_param)
-        if body.min_tokens > max_tokens:
-            raise BadChatRequest(f"min_tokens must not exceed {limit_param} ({max_tokens})", param="min_tokens")
-        # Unset sampling fields take the server's defaults.
-        penalty = config.repetition_penalty if body.repetition_penalty is None else body.repetition_penalty
-        return SamplingOptions(
-            max_tokens=max_tokens,
-            temperature=config.temperature if body.temperature is None else body.temperature,
-            top_p=config.top_p if body.top_p is None else body.top_p,
-            top_k=max(0, config.top_k if body.top_k is None else body.top_k),  # vLLM spells "no cut" as -1 or 0
-            min_tokens=body.min_tokens,
-            repetition_penalty=penalty,
-            stop=body.stops,
-            seed=body.seed,
-            ignore_eos=body.ignore_eos or config.ignore_eos,
-        )
-
-    def generation(
-        self, request: Request, route: str, body: SamplingFields, render: Callable[[], str], param: str
-    ) -> Response:
-        """The response that runs the prompt `render()` gives, or an OpenAI-shaped refusal."""
-        engine = self.core.engine
+    async def generation(self, request: Request, route: str) -> Response:
+        """The response that runs this request's generation, or an OpenAI-shaped refusal."""
+        arrived_at = time.monotonic()
+        chat = route == CHAT_ROUTE
         try:
-            options = self.options(body)
-            if not engine.is_healthy():  # the tokenizer goes with the engine
-                raise EngineUnavailable("the engine is not available", retry_after=5)
-            ids = engine.tokenizer.encode(render())
-            room = engine.max_model_len - options.max_tokens
-            if not ids or len(ids) > room:
-                raise BadChatRequest(
-                    f"the prompt has {len(ids)} tokens; with max_tokens={options.max_tokens} it must have "
-                    f"between 1 and {room} (the model's context is {engine.max_model_len} tokens)",
-                    param=param,
-                )
+            body = await read_body(request, self.core.config.max_body_bytes)
+            frontend = await self.frontend()
+            prepared = await (frontend.chat(body) if chat else frontend.completion(body))
         except GatewayError as err:
             return self.refuse(route, err)
-        chat = route == CHAT_ROUTE
-        gen = GenerationRequest(
-            request_id=f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
-            route=route,
-            prompt_token_ids=ids,
-            options=options,
-            priority=body.priority,
-            user=body.user,
-        )
-        fmt = OpenAIFormat(gen, self.model_name, chat=chat, streaming=body.stream, include_usage=body.include_usage)
+        except Exception:  # a bug: logged, and answered without its details
+            logger.exception("preparing a %s request failed", route)
+            return self.refuse(route, GatewayError("the server failed to handle this request"))
+        gen = _generation_request(prepared, route, "chatcmpl" if chat else "cmpl", arrived_at)
+        fmt: ChatFormat | CompletionFormat
+        if chat:
+            fmt = ChatFormat(gen, prepared.spec, prepared.prompts[0])
+        else:
+            fmt = CompletionFormat(gen, prepared.spec, prepared.prompts)
         return _GenerationResponse(self.core, request, gen, fmt, self.callback)
 
+    async def tokens(self, request: Request, route: str) -> Response:
+        """`/tokenize` or `/detokenize`: vLLM's answers, no generation."""
+        try:
+            body = await read_body(request, self.core.config.max_body_bytes)
+            frontend = await self.frontend()
+            answer = await (frontend.tokenize(body) if route == "tokenize" else frontend.detokenize(body))
+        except GatewayError as err:
+            return self.refuse(route, err)
+        return JSONResponse(dict(answer))
 
-def _describe(exc: RequestValidationError) -> tuple[str, str | None]:
-    """A message and the offending field for a body pydantic refused, without echoing the input."""
-    errors = exc.errors()
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return "the body is not valid JSON", None
-    parts, param = [], None
-    for e in errors:
-        loc = [str(p) for p in e.get("loc", ())[1:] if not _UNION_TAG.fullmatch(str(p))]
-        where = ".".join(loc)
-        param = param or where or None
-        msg = str(e.get("msg", "invalid value")).removeprefix("Value error, ")
-        parts.append(f"{where or 'body'}: {msg}")
-    return "; ".join(parts), param
-
-
-def _limited_route(limit: int, refuse: Callable[[str, GatewayError], Response]) -> type[APIRoute]:
-    """A route class that bounds the body (`read_body`) and spells every body error in OpenAI's shape."""
-
-    class LimitedRoute(APIRoute):
-        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-            handler = super().get_route_handler()
-
-            async def limited(request: Request) -> Response:
-                route = request.url.path.lstrip("/")
-                try:
-                    body = await read_body(request, limit)
-                except GatewayError as err:
-                    return refuse(route, err)
-                try:
-                    return await handler(Request(request.scope, _replay(body, request.receive)))
-                except RequestValidationError as exc:
-                    message, param = _describe(exc)
-                    return refuse(route, BadChatRequest(message, param=param))
-                except HTTPException as exc:
-                    # FastAPI's own 400 for a body it cannot even decode (not UTF-8):
-                    # spelled in OpenAI's error shape like every other /v1 refusal.
-                    if exc.status_code != 400:
-                        raise
-                    return refuse(route, BadChatRequest("the body is not valid JSON"))
-
-            return limited
-
-    return LimitedRoute
+    async def models(self) -> Response:
+        try:
+            names = (await self.frontend()).model_names()
+        except GatewayError as err:
+            return self.refuse("v1/models", err)
+        created = int(time.time())
+        root = self.core.config.model or self.core.engine.model_name
+        cards = [
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "chatstream-gateway",
+                "root": root,
+                "parent": None,
+                "max_model_len": self.core.engine.max_model_len,
+            }
+            for name in names
+        ]
+        return JSONResponse({"object": "list", "data": cards})
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A `receive` that gives the body already read, then the connection's own messages (disconnects)."""
-    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+def _generation_request(prepared: Prepared, route: str, prefix: str, arrived_at: float) -> GenerationRequest:
+    first, *rest = prepared.prompts
+    return GenerationRequest(
+        request_id=f"{prefix}-{uuid.uuid4().hex}",
+        route=route,
+        prompt_token_ids=first.token_ids,
+        options=first.options,
+        arrived_at=arrived_at,
+        priority=prepared.priority,
+        user=prepared.user,
+        extra_prompts=tuple((p.token_ids, p.options) for p in rest),
+    )
 
-    async def replay() -> Message:
-        return pending.pop() if pending else await receive()
 
-    return replay
+# The bodies, as far as the OpenAPI document describes them: their fields are vLLM's request
+# models' (with a vLLM engine), too many and too loose to restate here.
+def _body(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    schema = {"type": "object", "required": required, "properties": properties}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
+_MESSAGES = {"type": "array", "items": {"type": "object"}}
+_CHAT_DOC = _body(["messages"], {"model": {"type": "string"}, "messages": _MESSAGES, "stream": {"type": "boolean"}})
+_COMPLETION_DOC = _body(["prompt"], {"model": {"type": "string"}, "prompt": {}, "stream": {"type": "boolean"}})
+_TOKENIZE_DOC = _body([], {"model": {"type": "string"}, "prompt": {"type": "string"}, "messages": _MESSAGES})
+_DETOKENIZE_DOC = _body(
+    ["tokens"], {"model": {"type": "string"}, "tokens": {"type": "array", "items": {"type": "integer"}}}
+)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": OpenAIErrorBody, "description": text}
     for status, text in [
@@ -196,6 +181,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (404, "unknown model"),
         (413, "body too large"),
         (429, "admission queue full, or a key's limit reached"),
+        (500, "the server failed"),
         (503, "engine unavailable, draining, or queue wait timed out"),
     ]
 }
@@ -204,35 +190,27 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 def add_openai_routes(app: FastAPI, core: Core, callback: CompletionCallback | None) -> OpenAIRoutes:
     """Mount the OpenAI routes on `app`, every refusal spelled in OpenAI's error shape."""
     routes = OpenAIRoutes(core, callback)
-    router = APIRouter(route_class=_limited_route(core.config.max_body_bytes, routes.refuse), responses=_ERRORS)
+    router = APIRouter(responses=_ERRORS)
 
-    @router.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        messages = [{"role": m.role, "content": m.text} for m in body.messages]
+    @router.post("/v1/chat/completions", response_model=None, openapi_extra=_CHAT_DOC)
+    async def chat_completions(request: Request) -> Response:
+        return await routes.generation(request, CHAT_ROUTE)
 
-        def render() -> str:
-            try:
-                return core.engine.tokenizer.render_chat(messages, add_generation_prompt=True)
-            except Exception as exc:  # a model's template may refuse a conversation (e.g. roles out of order)
-                logger.info("the chat template refused a conversation: %s", type(exc).__name__)
-                raise BadChatRequest("the model's chat template rejects these messages", param="messages") from None
+    @router.post("/v1/completions", response_model=None, openapi_extra=_COMPLETION_DOC)
+    async def completions(request: Request) -> Response:
+        return await routes.generation(request, COMPLETIONS_ROUTE)
 
-        return routes.generation(request, CHAT_ROUTE, body, render, "messages")
-
-    @router.post("/v1/completions", response_model=None)
-    async def completions(body: CompletionRequest, request: Request) -> Response:
-        return routes.generation(request, COMPLETIONS_ROUTE, body, lambda: body.prompt, "prompt")
-
-    @router.get("/v1/models")
+    @router.get("/v1/models", response_model=None)
     async def models() -> Response:
-        model = {
-            "id": routes.model_name,
-            "object": "model",
-            "created": int(time.time()),
-            "owned_by": "chatstream-gateway",
-            "max_model_len": core.engine.max_model_len,
-        }
-        return JSONResponse({"object": "list", "data": [model]})
+        return await routes.models()
+
+    @router.post("/tokenize", response_model=None, openapi_extra=_TOKENIZE_DOC)
+    async def tokenize(request: Request) -> Response:
+        return await routes.tokens(request, "tokenize")
+
+    @router.post("/detokenize", response_model=None, openapi_extra=_DETOKENIZE_DOC)
+    async def detokenize(request: Request) -> Response:
+        return await routes.tokens(request, "detokenize")
 
     app.include_router(router)
     return routes

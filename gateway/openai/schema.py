@@ -1,7 +1,8 @@
-"""The request bodies of the OpenAI-compatible routes.
+"""The request bodies the OpenAI routes take with an engine other than vLLM (`PlainFrontend`).
 
-Every model forbids unknown fields: a client that sends a parameter the
-gateway does not implement gets a 400 naming it, never a silent ignore.
+Plain text only: every model forbids unknown fields, so a client that sends a
+parameter this engine cannot honour gets a 400 naming it, never a silent
+ignore. With vLLM the routes take vLLM's own request models instead.
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ class ChatMessage(_Strict):
 
 class StreamOptions(_Strict):
     include_usage: bool = False
+    continuous_usage_stats: bool = False
 
 
 class SamplingFields(_Strict):
     """Fields both routes share: OpenAI's sampling fields and vLLM's extras."""
 
-    model: str = Field(max_length=256)
+    model: str | None = Field(None, max_length=256)
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
@@ -62,7 +64,7 @@ class SamplingFields(_Strict):
     @classmethod
     def _one_choice(cls, n: int) -> int:
         if n != 1:
-            raise ValueError("only n=1 is supported")
+            raise ValueError("only n=1 is supported with this engine")
         return n
 
     @field_validator("stop")
@@ -81,6 +83,10 @@ class SamplingFields(_Strict):
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+    @property
+    def continuous_usage(self) -> bool:
+        return self.include_usage and self.stream_options is not None and self.stream_options.continuous_usage_stats
 
     @property
     def token_limit(self) -> int | None:

@@ -1,4 +1,8 @@
-"""The OpenAI-compatible routes over the fake engine: shapes, chunk order, errors, overload."""
+"""The OpenAI-compatible routes over the fake engine: shapes, chunk order, errors, overload.
+
+An engine other than vLLM gets the plain-text frontend (gateway/openai/plain.py); what vLLM's
+request handling means is tested on the real engine (test_openai_engine.py, tests/clients).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from gateway import CompletionState
 from tests.fakes import FakeEngine
 from tests.gateway_app import Gateway, running_gateway
+from tests.openai_spec import validate, validate_chat_sse, validate_completion, validate_completion_sse
 from tests.sse_client import chunks, data_lines
 
 ANSWER = "Hello from the fake engine."
@@ -23,7 +28,7 @@ USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture
 async def gateway(fake_engine: FakeEngine) -> AsyncIterator[Gateway]:
-    async with running_gateway(fake_engine, max_new_tokens=64) as gw:
+    async with running_gateway(fake_engine, max_tokens_ceiling=64) as gw:
         yield gw
 
 
@@ -50,7 +55,8 @@ async def test_chat_stream_sends_the_role_with_the_first_content_and_ends_with_d
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": "H"}
     assert all("role" not in c["choices"][0]["delta"] for c in rest)
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in parts) == ANSWER[:5]
-    assert [c["choices"][0]["finish_reason"] for c in parts] == [None] * 5 + ["length"]
+    # The last token and the finish reason travel together.
+    assert [c["choices"][0]["finish_reason"] for c in parts] == [None] * 4 + ["length"]
     assert len({c["id"] for c in parts}) == 1
     assert all("usage" not in c for c in parts)
     assert await gateway.wait_states(1) == [CompletionState.SUCCESS]
@@ -80,7 +86,13 @@ async def test_non_streaming_chat_is_one_completion_object(client: httpx.AsyncCl
     body = r.json()
     assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
     assert body["choices"] == [
-        {"index": 0, "message": {"role": "assistant", "content": "Hell"}, "logprobs": None, "finish_reason": "length"}
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hell", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "length",
+            "stop_reason": None,
+        }
     ]
     assert body["usage"]["completion_tokens"] == 4
 
@@ -175,14 +187,14 @@ def too_long_prompt() -> dict[str, Any]:
             "/v1/chat/completions",
             chat_body(messages=[{"role": "tool", "content": "x"}]),
             400,
-            "messages.0.role",
+            "messages[0].role",
             id="unknown-role",
         ),
         pytest.param(
             "/v1/chat/completions",
             chat_body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
             400,
-            "messages.0.content",
+            "messages[0].content",
             id="image-content",
         ),
         pytest.param(
@@ -201,7 +213,6 @@ def too_long_prompt() -> dict[str, Any]:
             "min_tokens",
             id="min-over-max",
         ),
-        pytest.param("/v1/completions", {"prompt": "x"}, 400, "model", id="no-model"),
     ],
 )
 async def test_bad_requests_get_an_openai_error(
@@ -282,3 +293,31 @@ async def test_a_body_over_the_limit_is_a_413(fake_engine: FakeEngine, chunked: 
 async def test_max_completion_tokens_is_named_when_it_is_too_large(client: httpx.AsyncClient) -> None:
     r = await client.post("/v1/chat/completions", json=chat_body(max_tokens=4, max_completion_tokens=65))
     assert (r.status_code, r.json()["error"]["param"]) == (400, "max_completion_tokens")
+    assert "--max-tokens-ceiling" in r.json()["error"]["message"]
+
+
+async def test_a_request_without_a_model_is_served_by_the_served_model(client: httpx.AsyncClient) -> None:
+    # vLLM's rule: `model` may be left out; the answer names the model that served it.
+    r = await client.post("/v1/completions", json={"prompt": "abc", "max_tokens": 3})
+    assert r.status_code == 200 and r.json()["model"] == "fake-model"
+
+
+@pytest.mark.parametrize("stream", [pytest.param(True, id="stream"), pytest.param(False, id="body")])
+async def test_plain_answers_conform_to_openais_schemas(client: httpx.AsyncClient, stream: bool) -> None:
+    options = {"stream_options": {"include_usage": True, "continuous_usage_stats": True}} if stream else {}
+    chat = await client.post("/v1/chat/completions", json=chat_body(stream=stream, max_tokens=6, **options))
+    text = await client.post(
+        "/v1/completions", json={"model": "fake-model", "prompt": "abc", "stream": stream, **options}
+    )
+    if stream:
+        validate_chat_sse(chat.text)
+        validate_completion_sse(text.text)
+        # continuous usage: every chunk with a choice counts the tokens so far
+        counts = [c["usage"]["completion_tokens"] for c in chunks(chat.text) if c["choices"]]
+        assert counts == list(range(1, 7))
+    else:
+        validate("CreateChatCompletionResponse", chat.json())
+        validate_completion(text.json())
+    refused = await client.post("/v1/chat/completions", json=chat_body(n=2))
+    validate("ErrorResponse", refused.json())
+    validate("ListModelsResponse", (await client.get("/v1/models")).json())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -139,12 +139,13 @@ def validate(schema_name: str, payload: object) -> None:
         raise AssertionError(f"not an OpenAI {schema_name}:\n{lines}\npayload: {shown}")
 
 
-def validate_sse(body: str, schema_name: str) -> list[dict[str, Any]]:
+def validate_sse(body: str, schema_name: str, *, reading: Callable[[Any], Any] | None = None) -> list[dict[str, Any]]:
     """Check a whole OpenAI-style SSE body: JSON `data:` events up to a final `data: [DONE]`.
 
-    Each event must be a `schema_name`, except that an `{"error": ...}` event (how an OpenAI
-    stream reports a failure after it began) must be an ErrorResponse and the last one.
-    Returns the decoded events, `[DONE]` excluded, for further assertions.
+    Each event must be a `schema_name` (as `reading` rewrites it, where the tests allow a
+    documented departure), except that an `{"error": ...}` event (how an OpenAI stream reports
+    a failure after it began) must be an ErrorResponse and the last one. Returns the decoded
+    events, `[DONE]` excluded, for further assertions.
     """
     data = [d for _, d in raw_events(body)]
     assert data and data[-1] == "[DONE]", f"the stream does not end with data: [DONE]: {data[-3:]}"
@@ -154,13 +155,55 @@ def validate_sse(body: str, schema_name: str) -> list[dict[str, Any]]:
             assert i == len(events) - 1, f"event {i} is an error but the stream goes on"
             validate("ErrorResponse", event)
         else:
-            validate(schema_name, event)
+            validate(schema_name, event if reading is None else reading(event))
     return events
 
 
 def validate_chat_sse(body: str) -> list[dict[str, Any]]:
     """`validate_sse` for `/v1/chat/completions`: every chunk a CreateChatCompletionStreamResponse."""
     return validate_sse(body, "CreateChatCompletionStreamResponse")
+
+
+def _as_the_spec_reads_it(payload: Any, *, chunk: bool, echo: bool) -> Any:
+    """A completions answer with its two sanctioned departures from the spec written as the spec
+    would have them, so that everything else is still checked:
+
+    - a streamed chunk before a choice's last has `finish_reason: null`: OpenAI's spec makes
+      every chunk a whole `CreateCompletionResponse`, whose finish_reason is never null, yet
+      OpenAI's own API (and every server) sends null until the choice ends;
+    - with `echo`, the prompt's first token has no logprob: its `token_logprobs` and
+      `top_logprobs` entries are null (OpenAI's API and vLLM do the same; lm-eval expects it),
+      which the spec's arrays of numbers and objects have no room for. Only a choice's first
+      token (in a chunk: the chunk's first) may be null.
+    """
+    if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
+        return payload
+    copy = json.loads(json.dumps(payload))
+    for choice in copy["choices"]:
+        if chunk and isinstance(choice, dict) and choice.get("finish_reason", "") is None:
+            choice["finish_reason"] = "stop"
+        logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
+        if echo and isinstance(logprobs, dict):
+            values, tops = logprobs.get("token_logprobs"), logprobs.get("top_logprobs")
+            if isinstance(values, list) and values and values[0] is None:
+                values[0] = 0.0
+            if isinstance(tops, list) and tops and tops[0] is None:
+                tops[0] = {}
+    return copy
+
+
+def validate_completion(payload: object, *, echo: bool = False) -> None:
+    """A `/v1/completions` body: a CreateCompletionResponse, with echo's null first logprob allowed."""
+    validate("CreateCompletionResponse", _as_the_spec_reads_it(payload, chunk=False, echo=echo))
+
+
+def validate_completion_sse(body: str, *, echo: bool = False) -> list[dict[str, Any]]:
+    """A streamed `/v1/completions` body: each chunk a CreateCompletionResponse, read as
+    `_as_the_spec_reads_it` says (null finish_reason before a choice's end; echo's first logprob).
+    A usage chunk (`"choices": []`, with `stream_options.include_usage`) is one too. Returns the chunks."""
+    return validate_sse(
+        body, "CreateCompletionResponse", reading=lambda chunk: _as_the_spec_reads_it(chunk, chunk=True, echo=echo)
+    )
 
 
 def validate_chat_stream(chunks: Iterable[object]) -> None:
