@@ -90,9 +90,12 @@ def running(
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            list(command), stdout=log, stderr=subprocess.STDOUT, env=dict(env), start_new_session=True
-        )
+        # Its own process group, so a Ctrl-C at the terminal reaches only the harness (which
+        # stops its peers itself), but not its own session: Linux schedules each session as one
+        # group (sched_autogroup), and with the peer alone in a session (vLLM's processes are
+        # always runnable) the load client's event loop woke up to 100s of ms late, which it
+        # measured as server latency (benchmarks/results/2026-11-30-routing/report.md).
+        process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, env=dict(env), process_group=0)
     server = Server(name, f"http://127.0.0.1:{port}", process, log_path)
     try:
         _wait_ready(server, timeout)
