@@ -96,6 +96,17 @@ class Config(BaseModel):
     )
     users_file: Path | None = Field(None, description="file of 'API_KEY USER_ID' lines for --conversation-db")
 
+    # --- routing (several replicas behind a router: deploy/README.md)
+    replica_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="this replica's name, sent in X-Chatstream-Replica and the chatstream_replica cookie "
+        "so the router brings a conversation's next turns back to its cache",
+    )
+    overload_status: int = Field(
+        429, description="status of a refusal because the queue is full: 429, or 503 for vllm-router"
+    )
+
     # --- access
     api_key: list[SecretStr] = Field(default_factory=list, description="bearer keys for the API routes (repeatable)")
     api_key_file: Path | None = Field(None, description="file with one API key per line")
@@ -110,6 +121,13 @@ class Config(BaseModel):
         for item in value:
             if "=" not in item:
                 raise ValueError(f"engine_arg {item!r} is not KEY=VALUE")
+        return value
+
+    @field_validator("overload_status")
+    @classmethod
+    def _check_overload_status(cls, value: int) -> int:
+        if value not in (429, 503):
+            raise ValueError("overload_status is 429 or 503")
         return value
 
     def engine_args(self) -> dict[str, Any]:

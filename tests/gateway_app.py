@@ -44,7 +44,7 @@ async def running_gateway(
     def record(request: Request, state: CompletionState) -> None:
         states.append(state)
 
-    app = create_app(Settings(secure_cookies=False, **settings), engine=engine, callback=record)
+    app = create_app(Settings(**{"secure_cookies": False, **settings}), engine=engine, callback=record)
     async with serve(app, lifespan=lifespan) as url:
         yield Gateway(url, app, states)
 
