@@ -9,6 +9,7 @@ test that started it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import os
 import pwd
@@ -19,15 +20,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
+import psutil  # type: ignore[import-untyped]
 
 from tests.live import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 NGINX_CONF = REPO / "deploy" / "nginx" / "chatstream.conf"
+VLLM_ROUTER = REPO / "deploy" / "vllm-router" / "run-router.sh"
 
 
 def _wait_for(
@@ -88,16 +91,18 @@ class RedisServer:
 def render_nginx_conf(prefix: Path, listen_port: int, upstream_ports: Sequence[int]) -> Path:
     """The deploy/ nginx config, pointed at local ports, inside a minimal nginx.conf under `prefix`.
 
-    The deploy config names its replicas `gateway-N:8000` and listens on 80;
-    only those lines change, so the test runs the shipped directives.
+    The deploy config names its replicas `gateway-N:8000`, listens on 80 and logs
+    under /var/log/nginx; only those change (gateway-N to 127.0.0.1 and the N-th
+    port), so the test runs the shipped directives.
     """
     site = NGINX_CONF.read_text()
-    servers = "\n".join(f"    server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;" for port in upstream_ports)
-    site, replaced = re.subn(r"(?m)^\s*server gateway-\d+:8000[^;]*;\n", "", site)
-    assert replaced >= 2, "deploy/nginx/chatstream.conf should list its replicas as gateway-N:8000"
-    site = site.replace("    # replicas\n", f"    # replicas\n{servers}\n", 1)
+    replicas = sorted({int(n) for n in re.findall(r"\bgateway-(\d+):8000\b", site)})
+    assert replicas == list(range(1, len(upstream_ports) + 1)), f"the config has replicas {replicas}"
+    for n, port in zip(replicas, upstream_ports, strict=True):
+        site = re.sub(rf"\bgateway-{n}:8000\b", f"127.0.0.1:{port}", site)
     site, listens = re.subn(r"(?m)^(\s*)listen 80;", rf"\g<1>listen 127.0.0.1:{listen_port};", site)
     assert listens == 1, "deploy/nginx/chatstream.conf should listen on port 80"
+    site = site.replace("/var/log/nginx/", f"{prefix}/")
     (prefix / "chatstream.conf").write_text(site)
     user = "user root root;\n" if os.geteuid() == 0 else ""  # workers must read the (private) temp dirs
     conf = prefix / "nginx.conf"
@@ -105,7 +110,6 @@ def render_nginx_conf(prefix: Path, listen_port: int, upstream_ports: Sequence[i
         f"{user}worker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log info;\n"
         "events { worker_connections 256; }\n"
         "http {\n"
-        f"  access_log {prefix}/access.log;\n"
         + "".join(
             f"  {kind}_temp_path {prefix}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
         )
@@ -123,6 +127,7 @@ class Nginx:
         self.url = f"http://127.0.0.1:{self.port}"
         self.conf = render_nginx_conf(directory, self.port, upstream_ports)
         self.log = directory / "error.log"
+        self.access_log = directory / "access.log"  # the deploy config's `chatstream` format
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -248,9 +253,68 @@ class Gateway:
         """SIGTERM (a graceful drain), then the exit status."""
         return _stop(self.process, signal.SIGTERM, timeout)
 
+    def kill(self) -> None:
+        """SIGKILL the gateway and vLLM's processes at once, as a crashed machine would end them."""
+        assert self.process is not None
+        engine = psutil.Process(self.process.pid).children(recursive=True)
+        self.process.kill()
+        for process in engine:
+            process.kill()
+        self.process.wait(10)
+        psutil.wait_procs(engine, timeout=30)
+
+    @contextlib.contextmanager
+    def engine_paused(self) -> Iterator[None]:
+        """vLLM's processes stopped (SIGSTOP) for the block: what is admitted holds its slot until the end.
+
+        The gateway process itself keeps answering, so a request that finds every
+        slot taken is refused as it would be on a busy replica, without any timing.
+        """
+        assert self.process is not None
+        engine = psutil.Process(self.process.pid).children(recursive=True)
+        assert engine, "the gateway has no engine processes"
+        for process in engine:
+            process.suspend()
+        try:
+            yield
+        finally:
+            for process in engine:
+                process.resume()
+
     async def wait_exit(self, timeout: float) -> int:
         assert self.process is not None
         async with asyncio.timeout(timeout):
             while self.process.poll() is None:
                 await asyncio.sleep(0.1)
         return self.process.returncode
+
+
+class VllmRouter:
+    """vLLM's router (pip vllm-router==0.1.17) started by the deploy/ script, in front of `workers`."""
+
+    def __init__(self, directory: Path, workers: Sequence[str]) -> None:
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = directory / "vllm-router.log"
+        env = {"WORKERS": " ".join(workers), "HOST": "127.0.0.1", "PORT": str(self.port)}
+        self.env = {**os.environ, **env, "METRICS_PORT": str(self.metrics_port), "PYTHON": sys.executable}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                ["sh", str(VLLM_ROUTER)], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        _wait_for(lambda: self.healthy_workers() > 0, "vllm-router", self.process, self.log, 60)
+
+    def healthy_workers(self) -> int:
+        """How many workers the router currently routes to (0 if it does not answer yet)."""
+        try:
+            workers = httpx.get(f"{self.url}/workers", timeout=2).json()["workers"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            return 0
+        return sum(1 for w in workers if w["is_healthy"])
+
+    def stop(self) -> None:
+        _stop(self.process, signal.SIGTERM, 10)

@@ -13,16 +13,7 @@ from pydantic import ValidationError
 
 from gateway import Settings
 from tests.fakes import FakeEngine
-from tests.gateway_app import running_gateway
-
-
-def pin_cookie(response: httpx.Response) -> str | None:
-    """The `chatstream_replica` value this response sets, if it sets one."""
-    for header in response.headers.get_list("set-cookie"):
-        name, _, rest = header.partition("=")
-        if name == "chatstream_replica":
-            return rest.split(";")[0]
-    return None
+from tests.gateway_app import replica_pin, running_gateway
 
 
 @asynccontextmanager
@@ -51,14 +42,14 @@ async def test_the_first_turn_pins_the_conversation_and_the_next_turns_keep_the_
         first = await client.post("/chat_stream", json={"user_input": "hello"})
         assert first.status_code == 200
         assert first.headers["x-chatstream-replica"] == "gateway-2"
-        assert pin_cookie(first) == "gateway-2"
+        assert replica_pin(first) == "gateway-2"
         cookie = first.headers.get_list("set-cookie")[-1]
         assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
         # httpx keeps both cookies; the pinned next turn gets no new pin.
         second = await client.post("/chat_stream", json={"user_input": "again"})
         assert second.status_code == 200
         assert second.headers["x-chatstream-replica"] == "gateway-2"
-        assert pin_cookie(second) is None
+        assert replica_pin(second) is None
 
 
 async def test_a_turn_pinned_to_another_replica_is_re_pinned_to_the_one_that_served_it(
@@ -69,7 +60,7 @@ async def test_a_turn_pinned_to_another_replica_is_re_pinned_to_the_one_that_ser
             "/chat_stream", json={"user_input": "spilled"}, headers={"cookie": "chatstream_replica=gateway-1"}
         )
     assert r.status_code == 200
-    assert pin_cookie(r) == "gateway-2"
+    assert replica_pin(r) == "gateway-2"
 
 
 async def test_the_pin_cookie_is_secure_unless_cookies_are_plain_http(fake_engine: FakeEngine) -> None:
@@ -89,7 +80,7 @@ async def test_a_refusal_names_the_replica_but_does_not_pin_and_reports_the_full
         assert r.headers["retry-after"]
         assert r.headers["x-chatstream-replica"] == "gateway-1"
         assert r.headers["x-chatstream-load"] == "running=1, waiting=0, capacity=1, queue_size=0"
-        assert pin_cookie(r) is None
+        assert replica_pin(r) is None
         idle = await client.get("/health")
         assert idle.headers["x-chatstream-load"] == "running=0, waiting=0, capacity=1, queue_size=0"
 
