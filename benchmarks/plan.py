@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-SCENARIOS = (1, 2, 3, 4, 5, 6)
+SCENARIOS = (1, 2, 3, 4, 5, 6, 7)
 SWEEP_TARGETS = ("engine", "gateway-chat_stream", "gateway-openai", "vllm-server", "original")
 
 
@@ -45,6 +45,20 @@ class Plan:
     memory_requests: int = 10_000
     memory_warmup: int = 500
     memory_users: int = 64
+    # scenario 7: two replicas of a random-weight model of this width and depth (benchmarks/models.py;
+    # the quick plan uses --model), behind each router; `users` conversations at a time, each replica
+    # with `kv_tokens` of KV cache (None: what vLLM sizes) and `slots` + `queue` admission
+    routing_hidden_size: int = 768
+    routing_layers: int = 12
+    routing_users: int = 8
+    routing_conversations: int = 16
+    routing_turns: int = 20
+    routing_turn_tokens: int = 32
+    routing_system_words: int = 300
+    routing_kv_tokens: int | None = 12_288
+    routing_slots: int = 4
+    routing_queue: int = 4
+    routing_failover_turns: int = 8
     profile: bool = True
 
     def requests_at(self, concurrency: int, target: str) -> int:
@@ -79,6 +93,15 @@ def quick_plan(model: str, out: Path, scenarios: tuple[int, ...] = SCENARIOS) ->
         memory_requests=500,
         memory_warmup=50,
         memory_users=16,
+        routing_users=2,
+        routing_conversations=2,
+        routing_turns=3,
+        routing_turn_tokens=8,
+        routing_system_words=20,
+        routing_kv_tokens=None,
+        routing_slots=2,
+        routing_queue=2,
+        routing_failover_turns=4,
         profile=False,
     )
 

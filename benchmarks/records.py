@@ -48,6 +48,9 @@ class RequestRecord:
     ended: float = 0.0
     error: str | None = None
     turn: int = 0
+    conversation: int = 0
+    replica: str | None = None  # the server's X-Chatstream-Replica: which replica answered
+    retry_after: float | None = None  # a refusal's Retry-After (s)
 
     @property
     def ttft(self) -> float | None:

@@ -13,7 +13,6 @@ import contextlib
 import glob
 import os
 import pwd
-import re
 import shutil
 import signal
 import subprocess
@@ -26,11 +25,10 @@ from pathlib import Path
 import httpx
 import psutil  # type: ignore[import-untyped]
 
+from benchmarks.peers.routers import nginx_command, render_nginx_conf, vllm_router_command
 from tests.live import free_port
 
 REPO = Path(__file__).resolve().parent.parent
-NGINX_CONF = REPO / "deploy" / "nginx" / "chatstream.conf"
-VLLM_ROUTER = REPO / "deploy" / "vllm-router" / "run-router.sh"
 
 
 def _wait_for(
@@ -88,36 +86,6 @@ class RedisServer:
         _stop(self.process)
 
 
-def render_nginx_conf(prefix: Path, listen_port: int, upstream_ports: Sequence[int]) -> Path:
-    """The deploy/ nginx config, pointed at local ports, inside a minimal nginx.conf under `prefix`.
-
-    The deploy config names its replicas `gateway-N:8000`, listens on 80 and logs
-    under /var/log/nginx; only those change (gateway-N to 127.0.0.1 and the N-th
-    port), so the test runs the shipped directives.
-    """
-    site = NGINX_CONF.read_text()
-    replicas = sorted({int(n) for n in re.findall(r"\bgateway-(\d+):8000\b", site)})
-    assert replicas == list(range(1, len(upstream_ports) + 1)), f"the config has replicas {replicas}"
-    for n, port in zip(replicas, upstream_ports, strict=True):
-        site = re.sub(rf"\bgateway-{n}:8000\b", f"127.0.0.1:{port}", site)
-    site, listens = re.subn(r"(?m)^(\s*)listen 80;", rf"\g<1>listen 127.0.0.1:{listen_port};", site)
-    assert listens == 1, "deploy/nginx/chatstream.conf should listen on port 80"
-    site = site.replace("/var/log/nginx/", f"{prefix}/")
-    (prefix / "chatstream.conf").write_text(site)
-    user = "user root root;\n" if os.geteuid() == 0 else ""  # workers must read the (private) temp dirs
-    conf = prefix / "nginx.conf"
-    conf.write_text(
-        f"{user}worker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log info;\n"
-        "events { worker_connections 256; }\n"
-        "http {\n"
-        + "".join(
-            f"  {kind}_temp_path {prefix}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        + f"  include {prefix}/chatstream.conf;\n}}\n"
-    )
-    return conf
-
-
 class Nginx:
     """Real nginx running the deploy/ config in front of local replicas."""
 
@@ -131,8 +99,7 @@ class Nginx:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        command = ["nginx", "-c", str(self.conf), "-p", str(self.directory), "-e", str(self.log), "-g", "daemon off;"]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(nginx_command(self.conf), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for(lambda: _port_open(self.port), "nginx", self.process, self.log, 20)
 
     def stop(self) -> None:
@@ -297,15 +264,13 @@ class VllmRouter:
         self.metrics_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = directory / "vllm-router.log"
-        env = {"WORKERS": " ".join(workers), "HOST": "127.0.0.1", "PORT": str(self.port)}
-        self.env = {**os.environ, **env, "METRICS_PORT": str(self.metrics_port), "PYTHON": sys.executable}
+        self.command, env = vllm_router_command(workers, self.port, self.metrics_port)
+        self.env = {**os.environ, **env}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                ["sh", str(VLLM_ROUTER)], env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
+            self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         _wait_for(lambda: self.healthy_workers() > 0, "vllm-router", self.process, self.log, 60)
 
     def healthy_workers(self) -> int:

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.servers import nginx_test, render_nginx_conf
+from benchmarks.peers.routers import render_nginx_conf
+from tests.servers import nginx_test
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

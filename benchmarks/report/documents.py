@@ -8,7 +8,19 @@ from pathlib import Path
 import jinja2
 
 from benchmarks.report.plots import PLOTS
-from benchmarks.report.tables import CHECK_COLUMNS, SWEEP_COLUMNS, Result, check_rows, fmt, pair_rows, sweep_rows
+from benchmarks.report.tables import (
+    CHECK_COLUMNS,
+    FAILOVER_COLUMNS,
+    ROUTING_COLUMNS,
+    SWEEP_COLUMNS,
+    Result,
+    check_rows,
+    failover_rows,
+    fmt,
+    pair_rows,
+    routing_rows,
+    sweep_rows,
+)
 
 
 def _environment() -> jinja2.Environment:
@@ -58,6 +70,10 @@ def markdown(result: Result, plots: list[str]) -> str:
             sweep=sweep_rows(scenarios.get("1", {})),
             pair_rows=pair_rows,
             turns=_turn_rows(scenarios.get("4", {})),
+            routing_columns=ROUTING_COLUMNS,
+            routing=routing_rows(scenarios.get("7", {})),
+            failover_columns=FAILOVER_COLUMNS,
+            failover=failover_rows(scenarios.get("7", {})),
             profile_rows=[[f"`{e['function']}`", f"{e['share']:.1%}"] for e in profile.get("top_self", [])],
         )
     )

@@ -32,7 +32,7 @@ class Context:
         self.figures: dict[str, Figures] = {}
         self.checks: list[Check] = []
         self._logs = plan.out / "logs"
-        self._env = peers.peer_env()
+        self.env = peers.peer_env()
 
     def check(
         self, scenario: int, figure: str, value: float | None, target: str, met: bool | None, unit: str = ""
@@ -43,7 +43,7 @@ class Context:
     def server(self, name: str, command: list[str], port: int, timeout: float = 300.0) -> Iterator[peers.Server]:
         """A peer running for the block (logs under `<out>/logs/<name>.log`)."""
         self.ui.note(f"starting {name}")
-        with peers.running(name, command, port, self._logs, self._env, timeout=timeout) as server:
+        with peers.running(name, command, port, self._logs, self.env, timeout=timeout) as server:
             self.ui.note(f"{name} ready at {server.url} (pid {server.pid})")
             yield server
 

@@ -15,6 +15,7 @@ from benchmarks.scenarios import (
     memory,
     multi_turn,
     overload,
+    routing,
 )
 from benchmarks.scenarios.checks import Check
 from benchmarks.scenarios.context import Context, Figures
@@ -29,6 +30,7 @@ SCENARIOS: dict[int, Callable[[Context], Awaitable[None]]] = {
     2: overload.run,
     3: disconnect_storm.run,
     4: multi_turn.run,
+    7: routing.run,
 }
 
 
