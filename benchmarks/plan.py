@@ -48,14 +48,14 @@ class Plan:
     # scenario 7: two replicas of a random-weight model of this width and depth (benchmarks/models.py;
     # the quick plan uses --model), behind each router; `users` conversations at a time, each replica
     # with `kv_tokens` of KV cache (None: what vLLM sizes) and `slots` + `queue` admission
-    routing_hidden_size: int = 768
-    routing_layers: int = 12
+    routing_hidden_size: int = 1024
+    routing_layers: int = 16
     routing_users: int = 8
     routing_conversations: int = 16
     routing_turns: int = 20
     routing_turn_tokens: int = 32
     routing_system_words: int = 300
-    routing_kv_tokens: int | None = 12_288
+    routing_kv_tokens: int | None = 10_240
     routing_slots: int = 4
     routing_queue: int = 4
     routing_failover_turns: int = 8

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from pydantic import ValidationError
 
@@ -118,3 +119,19 @@ async def test_overload_status_503_answers_a_full_queue_with_503_and_its_retry_a
 def test_settings_refuse_a_replica_id_unfit_for_a_cookie_and_other_overload_statuses(settings: Any) -> None:
     with pytest.raises(ValidationError):
         Settings(**settings)
+
+
+async def test_the_openai_sdk_keeps_the_pin_between_calls(fake_engine: FakeEngine) -> None:
+    """The official client keeps a cookie jar: an API conversation stays pinned with no extra code."""
+    async with running_gateway(fake_engine, replica_id="gateway-1") as gw:
+        api = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+        try:
+            pins = []
+            for _ in range(2):
+                raw = await api.chat.completions.with_raw_response.create(
+                    model="fake-model", messages=[{"role": "user", "content": "hi"}]
+                )
+                pins.append(replica_pin(raw.http_response))
+        finally:
+            await api.close()
+    assert pins == ["gateway-1", None]  # the second call sent the cookie back
