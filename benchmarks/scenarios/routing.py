@@ -20,7 +20,6 @@ import contextlib
 import itertools
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from benchmarks import peers
 from benchmarks.client import (
@@ -37,7 +36,7 @@ from benchmarks.models import benchmark_model
 from benchmarks.peers.cluster import Cluster, replicas
 from benchmarks.peers.routers import Routing
 from benchmarks.plan import Plan
-from benchmarks.records import RequestRecord, distribution, summarise
+from benchmarks.records import RequestRecord, by_turn, distribution, summarise
 from benchmarks.scenarios.checks import at_most, ratio
 from benchmarks.scenarios.context import Context, Figures
 from gateway.tiny_model import ModelShape
@@ -150,17 +149,9 @@ async def _conversations(ctx: Context, cluster: Cluster, target: Target, label: 
     await target.close()
     after = await _engine_totals(cluster)
     queries = after["queries"] - before["queries"]
-    by_turn: dict[str, Any] = {}
-    for turn in range(1, plan.routing_turns + 1):
-        recs = [r for r in result.records if r.turn == turn and r.ok]
-        by_turn[str(turn)] = {
-            "n": len(recs),
-            "ttft_ms": distribution([r.ttft for r in recs if r.ttft is not None]),
-            "prompt_tokens": (sum(r.prompt_tokens for r in recs) / len(recs)) if recs else None,
-        }
     return {
         "summary": summarise(result.records, result.duration),
-        "by_turn": by_turn,
+        "by_turn": by_turn(result.records, plan.routing_turns),
         "prefix_cache_hit_rate": (after["hits"] - before["hits"]) / queries if queries else None,
         "prefix_cache_queried_tokens": queries,
         "refused_by_replicas": after["refused"] - before["refused"],
