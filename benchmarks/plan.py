@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-SCENARIOS = (1, 2, 3, 4, 5, 6, 7)
+SCENARIOS = (1, 2, 3, 4, 5, 6, 9)
 SWEEP_TARGETS = ("engine", "gateway-chat_stream", "gateway-openai", "vllm-server", "original")
 
 
@@ -45,7 +45,7 @@ class Plan:
     memory_requests: int = 10_000
     memory_warmup: int = 500
     memory_users: int = 64
-    # scenario 7: two replicas of a random-weight model of this width and depth (benchmarks/models.py;
+    # scenario 9: two replicas of a random-weight model of this width and depth (benchmarks/models.py;
     # the quick plan uses --model), behind each router; `users` conversations at a time, each replica
     # with `kv_tokens` of KV cache (None: what vLLM sizes) and `slots` + `queue` admission
     routing_hidden_size: int = 1024
@@ -53,9 +53,9 @@ class Plan:
     routing_users: int = 8
     routing_conversations: int = 16
     routing_turns: int = 20
-    routing_turn_tokens: int = 32
+    routing_turn_tokens: int = 16
     routing_system_words: int = 300
-    routing_kv_tokens: int | None = 10_240
+    routing_kv_tokens: int | None = 8_192
     routing_slots: int = 4
     routing_queue: int = 4
     routing_failover_turns: int = 8

@@ -19,7 +19,7 @@ import pytest
 
 from benchmarks.report import PLOTS
 
-SCENARIOS = ("1", "2", "3", "4", "5", "6", "7")
+SCENARIOS = ("1", "2", "3", "4", "5", "6", "9")
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_overload_accounts_for_every_request(results: dict[str, Any]) -> None:
 
 
 def test_routing_runs_both_routers_both_ways_and_the_failover(results: dict[str, Any]) -> None:
-    routing = results["scenarios"]["7"]
+    routing = results["scenarios"]["9"]
     runs = {f"{kind} {how}" for kind in ("nginx", "vllm-router") for how in ("affine", "round-robin")}
     assert set(routing["runs"]) == runs
     for run in routing["runs"].values():

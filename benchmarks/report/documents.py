@@ -71,9 +71,9 @@ def markdown(result: Result, plots: list[str]) -> str:
             pair_rows=pair_rows,
             turns=_turn_rows(scenarios.get("4", {})),
             routing_columns=ROUTING_COLUMNS,
-            routing=routing_rows(scenarios.get("7", {})),
+            routing=routing_rows(scenarios.get("9", {})),
             failover_columns=FAILOVER_COLUMNS,
-            failover=failover_rows(scenarios.get("7", {})),
+            failover=failover_rows(scenarios.get("9", {})),
             profile_rows=[[f"`{e['function']}`", f"{e['share']:.1%}"] for e in profile.get("top_self", [])],
         )
     )

@@ -80,7 +80,7 @@ def write_plots(result: dict[str, Any], out: Path) -> list[str]:
         ax.legend()
         save(fig, "turns")
 
-    runs = scenarios.get("7", {}).get("runs", {})
+    runs = scenarios.get("9", {}).get("runs", {})
     if runs:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for label, run in runs.items():

@@ -121,7 +121,7 @@ FAILOVER_COLUMNS = [
 
 
 def routing_rows(routing: Result) -> list[list[str]]:
-    """One row per router and routing of scenario 7."""
+    """One row per router and routing of scenario 9."""
     rows = []
     for label, run in routing.get("runs", {}).items():
         kind, routing_name = label.rsplit(" ", 1)
@@ -146,7 +146,7 @@ def routing_rows(routing: Result) -> list[list[str]]:
 
 
 def failover_rows(routing: Result) -> list[list[str]]:
-    """One row per router of scenario 7's failover phase."""
+    """One row per router of scenario 9's failover phase."""
     failover = routing.get("failover", {})
     rows = []
     for kind in ("nginx", "vllm-router"):
@@ -171,6 +171,6 @@ def print_summary(result: Result) -> None:
     """The sweep and the checks, as terminal tables."""
     if "1" in result["scenarios"] and "targets" in result["scenarios"]["1"]:
         print_table("Scenario 1: concurrency sweep", SWEEP_COLUMNS, sweep_rows(result["scenarios"]["1"]))
-    if "runs" in result["scenarios"].get("7", {}):
-        print_table("Scenario 7: routing", ROUTING_COLUMNS, routing_rows(result["scenarios"]["7"]))
+    if "runs" in result["scenarios"].get("9", {}):
+        print_table("Scenario 9: routing", ROUTING_COLUMNS, routing_rows(result["scenarios"]["9"]))
     print_table("Figures against targets", CHECK_COLUMNS, check_rows(result["checks"]))

@@ -1,4 +1,4 @@
-"""Scenario 7: conversations on two replicas, behind nginx and vLLM's router, affine routing against round-robin.
+"""Scenario 9: conversations on two replicas, behind nginx and vLLM's router, affine routing against round-robin.
 
 Many conversations at a time, each `routing_turns` turns long, all opening
 with the same long system prompt; the history grows every turn. Through nginx
@@ -61,13 +61,13 @@ async def run(ctx: Context) -> None:
                 label = f"{kind} {routing.replace('_', '-')}"
                 figures["runs"][label] = await _conversations(ctx, cluster, target, label, seed=number + 1)
         figures["failover"] = await _failover(ctx, cluster, model, system)
-    ctx.figures["7"] = figures
+    ctx.figures["9"] = figures
     last = str(plan.routing_turns)
     for kind in ROUTERS:
         affine = figures["runs"][f"{kind} affine"]["by_turn"][last]["ttft_ms"]["p50"]
         round_robin = figures["runs"][f"{kind} round-robin"]["by_turn"][last]["ttft_ms"]["p50"]
         r = ratio(affine, round_robin)
-        ctx.check(7, f"turn-{last} TTFT p50, affine / round-robin, {kind}", r, "<= 0.5", at_most(r, 0.5), "x")
+        ctx.check(9, f"turn-{last} TTFT p50, affine / round-robin, {kind}", r, "<= 0.5", at_most(r, 0.5), "x")
 
 
 @contextlib.contextmanager

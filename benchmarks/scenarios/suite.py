@@ -30,7 +30,7 @@ SCENARIOS: dict[int, Callable[[Context], Awaitable[None]]] = {
     2: overload.run,
     3: disconnect_storm.run,
     4: multi_turn.run,
-    7: routing.run,
+    9: routing.run,
 }
 
 
