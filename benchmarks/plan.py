@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-SCENARIOS = (1, 2, 3, 4, 5, 6, 9)
+SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 9)
 SWEEP_TARGETS = ("engine", "gateway-chat_stream", "gateway-openai", "vllm-server", "original")
 
 
@@ -45,6 +45,9 @@ class Plan:
     memory_requests: int = 10_000
     memory_warmup: int = 500
     memory_users: int = 64
+    # scenario 7: the front end beside vLLM's server (streaming with include_usage)
+    frontend_levels: tuple[int, ...] = (1, 16, 64, 256, 512)
+    frontend_tokens: int = 128
     # scenario 9: two replicas of a random-weight model of this width and depth (benchmarks/models.py;
     # the quick plan uses --model), behind each router; `users` conversations at a time, each replica
     # with `kv_tokens` of KV cache (None: what vLLM sizes) and `slots` + `queue` admission
@@ -93,6 +96,8 @@ def quick_plan(model: str, out: Path, scenarios: tuple[int, ...] = SCENARIOS) ->
         memory_requests=500,
         memory_warmup=50,
         memory_users=16,
+        frontend_levels=(1, 4),
+        frontend_tokens=16,
         routing_users=2,
         routing_conversations=2,
         routing_turns=3,

@@ -53,9 +53,26 @@ def answer_of(events: list[Event]) -> str:
     return "".join(e.data["text"] for e in events if e.event == "delta")
 
 
+def raw_events(body: str) -> list[tuple[str | None, str]]:
+    """The (`event:` name or None, `data:`) pairs of any SSE body; multi-line data joined as SSE does."""
+    events = []
+    for block in body.replace("\r\n", "\n").split("\n\n"):
+        name, data = None, []
+        for line in block.split("\n"):
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                name = value
+            elif field == "data":
+                data.append(value)
+        if data:
+            events.append((name, "\n".join(data)))
+    return events
+
+
 def data_lines(body: str) -> list[str]:
-    """The payloads of an OpenAI stream's `data:` lines, in order."""
-    return [line[len("data: ") :] for line in body.splitlines() if line.startswith("data: ")]
+    """The payloads of an OpenAI stream's `data:` events, in order."""
+    return [data for _, data in raw_events(body)]
 
 
 def chunks(body: str) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ import pytest
 
 from benchmarks.report import PLOTS
 
-SCENARIOS = ("1", "2", "3", "4", "5", "6", "9")
+SCENARIOS = ("1", "2", "3", "4", "5", "6", "7", "9")
 
 
 @pytest.fixture(scope="module")

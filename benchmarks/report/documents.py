@@ -11,12 +11,14 @@ from benchmarks.report.plots import PLOTS
 from benchmarks.report.tables import (
     CHECK_COLUMNS,
     FAILOVER_COLUMNS,
+    FRONTEND_COLUMNS,
     ROUTING_COLUMNS,
     SWEEP_COLUMNS,
     Result,
     check_rows,
     failover_rows,
     fmt,
+    frontend_rows,
     pair_rows,
     routing_rows,
     sweep_rows,
@@ -74,6 +76,8 @@ def markdown(result: Result, plots: list[str]) -> str:
             routing=routing_rows(scenarios.get("9", {})),
             failover_columns=FAILOVER_COLUMNS,
             failover=failover_rows(scenarios.get("9", {})),
+            frontend_columns=FRONTEND_COLUMNS,
+            frontend=frontend_rows(scenarios.get("7", {})),
             profile_rows=[[f"`{e['function']}`", f"{e['share']:.1%}"] for e in profile.get("top_self", [])],
         )
     )

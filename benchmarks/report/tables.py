@@ -23,6 +23,19 @@ SWEEP_COLUMNS = [
 ]
 
 
+FRONTEND_COLUMNS = [
+    "server",
+    "concurrency",
+    "output tok/s",
+    "TTFT p50 ms",
+    "TTFT p99 ms",
+    "ITL p50 ms",
+    "ITL p99 ms",
+    "front-end µs/token",
+    "requests",
+]
+
+
 def fmt(value: Any, digits: int = 1) -> str:
     """A figure for a reader: thousands separated, `digits` decimals for floats, "-" where none was measured."""
     if value is None:
@@ -174,3 +187,24 @@ def print_summary(result: Result) -> None:
     if "runs" in result["scenarios"].get("9", {}):
         print_table("Scenario 9: routing", ROUTING_COLUMNS, routing_rows(result["scenarios"]["9"]))
     print_table("Figures against targets", CHECK_COLUMNS, check_rows(result["checks"]))
+
+
+def frontend_rows(frontend: dict[str, Any]) -> list[list[str]]:
+    """Scenario 7: every server at every level."""
+    rows = []
+    for server, levels in frontend.get("servers", {}).items():
+        for level, s in levels.items():
+            rows.append(
+                [
+                    server,
+                    level,
+                    fmt(s["output_throughput"], 0),
+                    fmt(s["ttft_ms"]["p50"], 0),
+                    fmt(s["ttft_ms"]["p99"], 0),
+                    fmt(s["itl_ms"]["p50"], 1),
+                    fmt(s["itl_ms"]["p99"], 1),
+                    fmt(s["frontend_us_per_token"], 1),
+                    f"{s['completed']}/{s['requests']}",
+                ]
+            )
+    return rows

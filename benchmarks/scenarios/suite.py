@@ -11,6 +11,7 @@ from benchmarks.plan import Plan
 from benchmarks.scenarios import (
     concurrency_sweep,
     disconnect_storm,
+    frontend,
     gateway_ceiling,
     memory,
     multi_turn,
@@ -30,6 +31,7 @@ SCENARIOS: dict[int, Callable[[Context], Awaitable[None]]] = {
     2: overload.run,
     3: disconnect_storm.run,
     4: multi_turn.run,
+    7: frontend.run,
     9: routing.run,
 }
 

@@ -12,6 +12,8 @@ from jsonschema import Draft202012Validator, ValidationError
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
+from tests.sse_client import raw_events
+
 SPEC_FILE = Path(__file__).with_name("schemas.json")
 # Where the transcription lives for `$ref` resolution; any URI would do, this one says what it is.
 _BASE_URI = "urn:openai-openapi:schemas.json"
@@ -137,23 +139,6 @@ def validate(schema_name: str, payload: object) -> None:
         raise AssertionError(f"not an OpenAI {schema_name}:\n{lines}\npayload: {shown}")
 
 
-def _sse_events(body: str) -> list[tuple[str | None, str]]:
-    """The (`event:` name or None, `data:`) pairs of an SSE body; multi-line data joined as SSE does."""
-    events = []
-    for block in body.replace("\r\n", "\n").split("\n\n"):
-        name, data = None, []
-        for line in block.split("\n"):
-            field, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if field == "event":
-                name = value
-            elif field == "data":
-                data.append(value)
-        if data:
-            events.append((name, "\n".join(data)))
-    return events
-
-
 def validate_sse(body: str, schema_name: str) -> list[dict[str, Any]]:
     """Check a whole OpenAI-style SSE body: JSON `data:` events up to a final `data: [DONE]`.
 
@@ -161,7 +146,7 @@ def validate_sse(body: str, schema_name: str) -> list[dict[str, Any]]:
     stream reports a failure after it began) must be an ErrorResponse and the last one.
     Returns the decoded events, `[DONE]` excluded, for further assertions.
     """
-    data = [d for _, d in _sse_events(body)]
+    data = [d for _, d in raw_events(body)]
     assert data and data[-1] == "[DONE]", f"the stream does not end with data: [DONE]: {data[-3:]}"
     events = [json.loads(d) for d in data[:-1]]
     for i, event in enumerate(events):
@@ -196,7 +181,7 @@ def validate_response_events(events: Iterable[tuple[str | None, object]]) -> Non
 def validate_responses_sse(body: str) -> list[dict[str, Any]]:
     """Check a whole `/v1/responses` SSE body (`event:` + `data:` pairs; OpenAI sends no
     `[DONE]` here). Returns the decoded events."""
-    pairs = [(name, json.loads(data)) for name, data in _sse_events(body)]
+    pairs = [(name, json.loads(data)) for name, data in raw_events(body)]
     assert pairs, "the stream has no events"
     validate_response_events(pairs)
     return [data for _, data in pairs]

@@ -1,0 +1,101 @@
+"""Scenario 7: the front end's own cost, the gateway beside vLLM's own server (issue 14).
+
+The same light client (raw asyncio streams), the same tiny model, one server at
+a time: the gateway's OpenAI route and `/chat_stream`, then vLLM's OpenAI
+server, each at every concurrency of the plan (1 to 512), streaming with
+`include_usage`. Besides tokens/s, TTFT and ITL, each level reads the CPU
+time of the server's front-end processes: the server process and every
+descendant except vLLM's engine core and its workers (`VLLM::EngineCore`,
+`VLLM::Worker`), so several API processes count, the engine never does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]
+
+from benchmarks import peers
+from benchmarks.client import ChatStreamTarget, OpenAIChatTarget, Target
+from benchmarks.scenarios.checks import at_least, at_most, ratio
+from benchmarks.scenarios.context import Context, Figures
+
+_ENGINE_PROCESSES = ("VLLM::EngineCore", "VLLM::Worker", "VLLM::DPCoordinator")
+
+
+def frontend_cpu_seconds(pid: int) -> float:
+    """User + system CPU of `pid` and its descendants, vLLM's engine processes left out."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            cmdline = process.cmdline()
+            if cmdline and cmdline[0].startswith(_ENGINE_PROCESSES):
+                continue
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:  # a short-lived helper process ended meanwhile
+            continue
+        total += float(times.user + times.system)
+    return total
+
+
+async def run(ctx: Context) -> None:
+    plan = ctx.plan
+    servers: dict[str, dict[str, Figures]] = {}
+    flags = peers.GatewayFlags(
+        concurrency=max(plan.frontend_levels),
+        queue_size=2 * max(plan.frontend_levels),
+        max_new_tokens=plan.frontend_tokens,
+    )
+    with ctx.gateway("gateway", flags) as gw:
+        servers["gateway-openai"] = await _levels(ctx, gw, OpenAIChatTarget("gateway-openai", gw.url, ctx.model))
+        servers["gateway-chat_stream"] = await _levels(ctx, gw, ChatStreamTarget("gateway-chat_stream", gw.url))
+    port = peers.free_port()
+    with ctx.server("vllm-server", peers.vllm_server_command(ctx.model, port), port) as vs:
+        servers["vllm-server"] = await _levels(ctx, vs, OpenAIChatTarget("vllm-server", vs.url, ctx.model))
+    ctx.figures["7"] = {"max_tokens": plan.frontend_tokens, "servers": servers}
+    _checks(ctx, servers)
+
+
+async def _levels(ctx: Context, server: peers.Server, target: Target) -> dict[str, Figures]:
+    await ctx.warm_up(target, ctx.plan.frontend_tokens)
+    levels: dict[str, Figures] = {}
+    for c in ctx.plan.frontend_levels:
+        n = max(ctx.plan.min_requests, 2 * c)
+        before = frontend_cpu_seconds(server.pid)
+        s = await ctx.run_fixed(target, c, n, ctx.plan.frontend_tokens, target.name)
+        cpu = frontend_cpu_seconds(server.pid) - before
+        tokens = s["total_output_tokens"]
+        s["frontend_cpu_s"] = cpu
+        s["frontend_us_per_token"] = cpu / tokens * 1e6 if tokens else None
+        levels[str(c)] = s
+        ctx.ui.note(
+            f"{target.name} c={c}: {s['output_throughput']:.0f} tok/s, TTFT p50 {s['ttft_ms']['p50'] or 0:.0f} ms,"
+            f" front end {s['frontend_us_per_token'] or 0:.1f} µs/token"
+        )
+    return levels
+
+
+def _checks(ctx: Context, servers: dict[str, dict[str, Figures]]) -> None:
+    vllm = servers["vllm-server"]
+
+    def figure(name: str, level: str, *path: str) -> Any:
+        value: Any = servers[name].get(level)
+        for key in path:
+            value = None if value is None else value.get(key)
+        return value
+
+    for name in ("gateway-openai", "gateway-chat_stream"):
+        route = name.removeprefix("gateway-")
+        top = "256" if "256" in vllm else max(vllm, key=int)
+        r = ratio(figure(name, top, "frontend_us_per_token"), figure("vllm-server", top, "frontend_us_per_token"))
+        ctx.check(7, f"{route}: front-end CPU per token / vLLM's, c={top}", r, "<= 0.5", at_most(r, 0.5), "x")
+        for level in vllm:
+            r = ratio(figure(name, level, "output_throughput"), figure("vllm-server", level, "output_throughput"))
+            ctx.check(7, f"{route}: tokens/s / vLLM's, c={level}", r, ">= 1.0", at_least(r, 1.0), "x")
+            for q in ("p50", "p99"):
+                r = ratio(figure(name, level, "ttft_ms", q), figure("vllm-server", level, "ttft_ms", q))
+                ctx.check(7, f"{route}: TTFT {q} / vLLM's, c={level}", r, "<= 1.0", at_most(r, 1.0), "x")
+        low = min(vllm, key=int)
+        r = ratio(figure(name, low, "itl_ms", "p50"), figure("vllm-server", low, "itl_ms", "p50"))
+        ctx.check(7, f"{route}: ITL p50 / vLLM's, c={low}", r, "<= 1.0", at_most(r, 1.0), "x")
