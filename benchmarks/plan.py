@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8)
+SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 SWEEP_TARGETS = ("engine", "gateway-chat_stream", "gateway-openai", "vllm-server", "original")
 
 
@@ -58,6 +58,20 @@ class Plan:
     fair_flood_tokens: int = 256
     fair_warmup: float = 5.0
     fair_seconds: float = 40.0
+    # scenario 9: two replicas of a random-weight model of this width and depth (benchmarks/models.py;
+    # the quick plan uses --model), behind each router; `users` conversations at a time, each replica
+    # with `kv_tokens` of KV cache (None: what vLLM sizes) and `slots` + `queue` admission
+    routing_hidden_size: int = 1024
+    routing_layers: int = 16
+    routing_users: int = 8
+    routing_conversations: int = 16
+    routing_turns: int = 20
+    routing_turn_tokens: int = 16
+    routing_system_words: int = 300
+    routing_kv_tokens: int | None = 8_192
+    routing_slots: int = 4
+    routing_queue: int = 4
+    routing_failover_turns: int = 8
     profile: bool = True
     # A checkout of another gateway version (e.g. `git worktree add /tmp/main main`) that scenarios 2 and 8
     # also measure, in the same run: the figure to compare with (first-come-first-served admission).
@@ -105,6 +119,15 @@ def quick_plan(model: str, out: Path, scenarios: tuple[int, ...] = SCENARIOS) ->
         fair_flood_tokens=32,
         fair_warmup=0.5,
         fair_seconds=3.0,
+        routing_users=2,
+        routing_conversations=2,
+        routing_turns=3,
+        routing_turn_tokens=8,
+        routing_system_words=20,
+        routing_kv_tokens=None,
+        routing_slots=2,
+        routing_queue=2,
+        routing_failover_turns=4,
         profile=False,
     )
 

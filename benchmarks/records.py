@@ -48,6 +48,9 @@ class RequestRecord:
     ended: float = 0.0
     error: str | None = None
     turn: int = 0
+    conversation: int = 0
+    replica: str | None = None  # the server's X-Chatstream-Replica: which replica answered
+    retry_after: float | None = None  # a refusal's Retry-After (s)
 
     @property
     def ttft(self) -> float | None:
@@ -133,3 +136,17 @@ def summarise(records: Iterable[RequestRecord], duration: float, slo: SLO | None
         "itl_ms": distribution(itls),
         "e2e_ms": distribution([r.e2e for r in done]),
     }
+
+
+def by_turn(records: Iterable[RequestRecord], turns: int) -> dict[str, dict[str, Any]]:
+    """Multi-turn figures by turn number ("1".. `turns`): completed turns, their TTFT and mean prompt tokens."""
+    done = [r for r in records if r.ok]
+    figures = {}
+    for turn in range(1, turns + 1):
+        recs = [r for r in done if r.turn == turn]
+        figures[str(turn)] = {
+            "n": len(recs),
+            "ttft_ms": distribution([r.ttft for r in recs if r.ttft is not None]),
+            "prompt_tokens": (sum(r.prompt_tokens for r in recs) / len(recs)) if recs else None,
+        }
+    return figures

@@ -30,6 +30,7 @@ from gateway.http.errors import add_error_handlers
 from gateway.http.identity import identify_by
 from gateway.http.keys import read_keys_file, shorthand_keys
 from gateway.http.page import add_cors, add_page
+from gateway.http.replica import ReplicaHeaders
 from gateway.openai import add_openai_routes
 from gateway.openai.format import openai_error_body
 from gateway.sessions import MemoryStore, RedisStore, SessionCookie, SessionMiddleware, SessionStore
@@ -217,6 +218,14 @@ def create_app(
     # Added last, so it is the outermost middleware: preflight requests are
     # answered before any session or key check, and refusals carry CORS headers.
     add_cors(app, config)
+    # Outside CORS, so a router sees the replica and its load on every answer, preflights included.
+    app.add_middleware(
+        ReplicaHeaders,
+        replica_id=config.replica_id,
+        load=core.admission.load,
+        secure=config.secure_cookies,
+        overload_status=config.overload_status,
+    )
     # Outside even CORS, so every response (preflights included) carries X-Request-Id.
     app.add_middleware(AccessLogMiddleware)
     # Starlette builds the middleware stack on the first request: a middleware that refuses

@@ -143,6 +143,17 @@ class Config(BaseModel):
         None, description="keep each key's user's conversations in sqlite:///PATH or postgresql://... (needs keys)"
     )
 
+    # --- routing (several replicas behind a router: deploy/README.md)
+    replica_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="this replica's name, sent in X-Chatstream-Replica and the chatstream_replica cookie "
+        "so the router brings a conversation's next turns back to its cache",
+    )
+    overload_status: int = Field(
+        429, description="status of a refusal because the queue is full: 429, or 503 for vllm-router"
+    )
+
     # --- access
     api_key: list[SecretStr] = Field(
         default_factory=list, description="bearer keys for the API routes, each its own user (repeatable)"
@@ -193,6 +204,13 @@ class Config(BaseModel):
         for item in value:
             if "=" not in item:
                 raise ValueError(f"engine_arg {item!r} is not KEY=VALUE")
+        return value
+
+    @field_validator("overload_status")
+    @classmethod
+    def _check_overload_status(cls, value: int) -> int:
+        if value not in (429, 503):
+            raise ValueError("overload_status is 429 or 503")
         return value
 
     def engine_args(self) -> dict[str, Any]:

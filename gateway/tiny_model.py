@@ -3,13 +3,16 @@
 No model hub is reachable on the machines this project is developed and tested on,
 so the demo, the tests and the benchmarks run on a model made on the spot. Its
 output is gibberish; it exercises the whole pipeline and measures speed.
-The build is deterministic: the same seed gives the same files.
+The build is deterministic: the same seed and shape give the same files.
+`ModelShape` sizes it: the tiny default (about 300 KB), or larger ones whose
+prefill costs what a real model's does on a CPU (the routing benchmark's).
 """
 
 from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -67,8 +70,36 @@ def _corpus(seed: int) -> list[str]:
     return lines
 
 
-def build_tiny_model(directory: str | Path, seed: int = 0) -> Path:
-    """Write the tiny model (config, weights, tokenizer, chat template) into `directory`."""
+@dataclass(frozen=True, slots=True)
+class ModelShape:
+    """A Llama's size. The CPU attention kernels need a head size of 64: hidden_size = 64 x heads."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    layers: int = 2
+    heads: int = 2
+    kv_heads: int = 1
+
+    @classmethod
+    def scaled(cls, hidden_size: int, layers: int) -> ModelShape:
+        """A shape in the usual proportions (MLP 2.75x, a quarter as many KV heads) for this width and depth."""
+        heads = hidden_size // 64
+        return cls(hidden_size, hidden_size * 11 // 4, layers, heads, max(1, heads // 4))
+
+    def parameters(self, vocab_size: int = VOCAB_SIZE) -> int:
+        """How many weights a model of this shape has (embeddings tied)."""
+        kv = self.kv_heads * 64
+        attention = 2 * self.hidden_size * self.hidden_size + 2 * self.hidden_size * kv
+        mlp = 3 * self.hidden_size * self.intermediate_size
+        norms = 2 * self.hidden_size
+        return self.layers * (attention + mlp + norms) + vocab_size * self.hidden_size + self.hidden_size
+
+
+TINY = ModelShape()
+
+
+def build_tiny_model(directory: str | Path, seed: int = 0, shape: ModelShape = TINY) -> Path:
+    """Write the model (config, weights, tokenizer, chat template) into `directory`: the tiny one unless `shape`."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -98,11 +129,11 @@ def build_tiny_model(directory: str | Path, seed: int = 0) -> Path:
     eos_id = tokenizer.token_to_id("<|im_end|>")
     config = LlamaConfig(
         vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
         head_dim=64,  # the CPU attention kernels reject head_dim=16
         max_position_embeddings=4096,
         bos_token_id=tokenizer.token_to_id("<|endoftext|>"),

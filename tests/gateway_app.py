@@ -45,7 +45,7 @@ async def running_gateway(
     def record(request: Request, state: CompletionState) -> None:
         states.append(state)
 
-    app = create_app(Settings(secure_cookies=False, **settings), engine=engine, callback=record)
+    app = create_app(Settings(**{"secure_cookies": False, **settings}), engine=engine, callback=record)
     handled = Handled(app)
     async with serve(handled, lifespan=lifespan) as url:
         yield Gateway(url, app, handled, states)
@@ -64,3 +64,12 @@ async def scrape(client: httpx.AsyncClient) -> str:
     response = await client.get("/metrics")
     assert response.status_code == 200
     return response.text
+
+
+def replica_pin(response: httpx.Response) -> str | None:
+    """The replica a response pins its conversation to (the chatstream_replica cookie it sets), if any."""
+    for header in response.headers.get_list("set-cookie"):
+        name, _, rest = header.partition("=")
+        if name == "chatstream_replica":
+            return rest.split(";")[0]
+    return None

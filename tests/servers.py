@@ -9,25 +9,26 @@ test that started it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import os
 import pwd
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
+import psutil  # type: ignore[import-untyped]
 
+from benchmarks.peers.routers import nginx_command, render_nginx_conf, vllm_router_command
 from tests.live import free_port
 
 REPO = Path(__file__).resolve().parent.parent
-NGINX_CONF = REPO / "deploy" / "nginx" / "chatstream.conf"
 
 
 def _wait_for(
@@ -85,35 +86,6 @@ class RedisServer:
         _stop(self.process)
 
 
-def render_nginx_conf(prefix: Path, listen_port: int, upstream_ports: Sequence[int]) -> Path:
-    """The deploy/ nginx config, pointed at local ports, inside a minimal nginx.conf under `prefix`.
-
-    The deploy config names its replicas `gateway-N:8000` and listens on 80;
-    only those lines change, so the test runs the shipped directives.
-    """
-    site = NGINX_CONF.read_text()
-    servers = "\n".join(f"    server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;" for port in upstream_ports)
-    site, replaced = re.subn(r"(?m)^\s*server gateway-\d+:8000[^;]*;\n", "", site)
-    assert replaced >= 2, "deploy/nginx/chatstream.conf should list its replicas as gateway-N:8000"
-    site = site.replace("    # replicas\n", f"    # replicas\n{servers}\n", 1)
-    site, listens = re.subn(r"(?m)^(\s*)listen 80;", rf"\g<1>listen 127.0.0.1:{listen_port};", site)
-    assert listens == 1, "deploy/nginx/chatstream.conf should listen on port 80"
-    (prefix / "chatstream.conf").write_text(site)
-    user = "user root root;\n" if os.geteuid() == 0 else ""  # workers must read the (private) temp dirs
-    conf = prefix / "nginx.conf"
-    conf.write_text(
-        f"{user}worker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log info;\n"
-        "events { worker_connections 256; }\n"
-        "http {\n"
-        f"  access_log {prefix}/access.log;\n"
-        + "".join(
-            f"  {kind}_temp_path {prefix}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        + f"  include {prefix}/chatstream.conf;\n}}\n"
-    )
-    return conf
-
-
 class Nginx:
     """Real nginx running the deploy/ config in front of local replicas."""
 
@@ -123,11 +95,11 @@ class Nginx:
         self.url = f"http://127.0.0.1:{self.port}"
         self.conf = render_nginx_conf(directory, self.port, upstream_ports)
         self.log = directory / "error.log"
+        self.access_log = directory / "access.log"  # the deploy config's `chatstream` format
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        command = ["nginx", "-c", str(self.conf), "-p", str(self.directory), "-e", str(self.log), "-g", "daemon off;"]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(nginx_command(self.conf), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for(lambda: _port_open(self.port), "nginx", self.process, self.log, 20)
 
     def stop(self) -> None:
@@ -248,6 +220,34 @@ class Gateway:
         """SIGTERM (a graceful drain), then the exit status."""
         return _stop(self.process, signal.SIGTERM, timeout)
 
+    def kill(self) -> None:
+        """SIGKILL the gateway and vLLM's processes at once, as a crashed machine would end them."""
+        assert self.process is not None
+        engine = psutil.Process(self.process.pid).children(recursive=True)
+        self.process.kill()
+        for process in engine:
+            process.kill()
+        self.process.wait(10)
+        psutil.wait_procs(engine, timeout=30)
+
+    @contextlib.contextmanager
+    def engine_paused(self) -> Iterator[None]:
+        """vLLM's processes stopped (SIGSTOP) for the block: what is admitted holds its slot until the end.
+
+        The gateway process itself keeps answering, so a request that finds every
+        slot taken is refused as it would be on a busy replica, without any timing.
+        """
+        assert self.process is not None
+        engine = psutil.Process(self.process.pid).children(recursive=True)
+        assert engine, "the gateway has no engine processes"
+        for process in engine:
+            process.suspend()
+        try:
+            yield
+        finally:
+            for process in engine:
+                process.resume()
+
     async def wait_exit(self, timeout: float) -> int:
         assert self.process is not None
         async with asyncio.timeout(timeout):
@@ -302,3 +302,32 @@ class VLLMServer:
 
     def stop(self) -> int | None:
         return _stop(self.process, signal.SIGTERM, 60)
+
+
+class VllmRouter:
+    """vLLM's router (pip vllm-router==0.1.17) started by the deploy/ script, in front of `workers`."""
+
+    def __init__(self, directory: Path, workers: Sequence[str]) -> None:
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = directory / "vllm-router.log"
+        self.command, env = vllm_router_command(workers, self.port, self.metrics_port)
+        self.env = {**os.environ, **env}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        _wait_for(lambda: self.healthy_workers() > 0, "vllm-router", self.process, self.log, 60)
+
+    def healthy_workers(self) -> int:
+        """How many workers the router currently routes to (0 if it does not answer yet)."""
+        try:
+            workers = httpx.get(f"{self.url}/workers", timeout=2).json()["workers"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            return 0
+        return sum(1 for w in workers if w["is_healthy"])
+
+    def stop(self) -> None:
+        _stop(self.process, signal.SIGTERM, 10)

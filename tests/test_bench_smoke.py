@@ -19,7 +19,7 @@ import pytest
 
 from benchmarks.report import PLOTS
 
-SCENARIOS = ("1", "2", "3", "4", "5", "6", "7", "8")
+SCENARIOS = ("1", "2", "3", "4", "5", "6", "7", "8", "9")
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,21 @@ def test_overload_accounts_for_every_request(results: dict[str, Any]) -> None:
         overload["overload"]["requests"]
         == overload["complete_streams"] + overload["refused_429_503"] + overload["neither"]
     )
+
+
+def test_routing_runs_both_routers_both_ways_and_the_failover(results: dict[str, Any]) -> None:
+    routing = results["scenarios"]["9"]
+    runs = {f"{kind} {how}" for kind in ("nginx", "vllm-router") for how in ("affine", "round-robin")}
+    assert set(routing["runs"]) == runs
+    for run in routing["runs"].values():
+        assert run["summary"]["completed"] > 0
+        assert run["summary"]["errors"] == 0
+        assert 0 < run["prefix_cache_hit_rate"] <= 1  # the engines' own counters moved
+    # The kill came after the victim had answered a turn, and lost no conversation: each finished elsewhere.
+    failover = [routing["failover"][kind] for kind in ("nginx", "vllm-router")]
+    assert sum(f["conversations_on_killed_replica"] for f in failover) >= 1
+    for f in failover:
+        assert f["finished_all_turns"] == f["conversations_on_killed_replica"]
 
 
 def test_markdown_report_has_every_section_and_plot(quick_run: Path) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,10 @@ import httpx
 import pytest
 import yaml
 
+from benchmarks.peers.routers import render_nginx_conf
 from tests.fakes import FakeEngine
 from tests.gateway_app import running_gateway
-from tests.servers import Nginx, nginx_test, render_nginx_conf
+from tests.servers import Nginx, nginx_test
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -44,8 +46,37 @@ def test_the_nginx_config_streams_and_forwards_disconnects() -> None:
     assert "proxy_buffering off" in directives
     assert "proxy_ignore_client_abort off" in directives
     assert "proxy_http_version 1.1" in directives
-    assert "hash $chatstream_affinity consistent" in directives
     assert re.search(r"proxy_read_timeout (\d+h|\d{3,}s)", conf)
+
+
+def test_the_nginx_config_pins_spills_over_and_balances_new_conversations_by_load() -> None:
+    conf = (DEPLOY / "nginx" / "chatstream.conf").read_text()
+    directives = {line.strip().rstrip(";") for line in conf.splitlines() if not line.strip().startswith("#")}
+    assert "proxy_pass http://$chatstream_upstream" in directives
+    assert "proxy_next_upstream error timeout http_429 http_503 non_idempotent" in directives
+    pools = nginx_pools(conf)
+    assert "least_conn" in pools["chatstream_least_busy"].directives
+
+
+@dataclass
+class Pool:
+    directives: set[str]
+    primaries: list[str]
+    backups: list[str]
+
+
+def nginx_pools(conf: str) -> dict[str, Pool]:
+    """Each upstream block of the nginx config: its directives, its primary and backup replicas."""
+    pools = {}
+    for name, body in re.findall(r"(?ms)^upstream (\w+) \{(.*?)^\}", conf):
+        lines = [line.strip().rstrip(";") for line in body.splitlines() if line.strip()]
+        servers = [line.split()[1:] for line in lines if line.startswith("server ")]
+        pools[name] = Pool(
+            set(lines),
+            [s[0].removesuffix(":8000") for s in servers if "backup" not in s],
+            [s[0].removesuffix(":8000") for s in servers if "backup" in s],
+        )
+    return pools
 
 
 def test_the_vm_nginx_site_passes_nginx_t(tmp_path: Path) -> None:
@@ -110,9 +141,18 @@ def test_the_compose_file_runs_gpu_replicas_redis_and_nginx() -> None:
         assert float(service["stop_grace_period"].removesuffix("s")) > drain
         assert (DEPLOY / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
     assert len(set(gpus)) == len(gpus), "two replicas share a GPU"
-    # nginx balances over exactly the replicas compose runs.
-    upstreams = re.findall(r"server (gateway-\d+):8000", (DEPLOY / "nginx" / "chatstream.conf").read_text())
-    assert sorted(upstreams) == sorted(gateways)
+    # nginx routes over exactly the replicas compose runs, each pinned by the name it gives itself.
+    conf = (DEPLOY / "nginx" / "chatstream.conf").read_text()
+    pools = nginx_pools(conf)
+    pins = dict(re.findall(r"(?m)^\s+(gateway-\d+)\s+(chatstream_gateway_\d+);", conf))
+    assert sorted(pins) == sorted(gateways)
+    for name, service in gateways.items():
+        assert service["environment"]["CHATSTREAM_REPLICA_ID"] == name
+        pool = pools[pins[name]]
+        assert pool.primaries == [name]
+        assert sorted(pool.backups) == sorted(set(gateways) - {name})
+    for shared in ("chatstream_least_busy", "chatstream_by_conversation"):
+        assert sorted(pools[shared].primaries) == sorted(gateways)
     mounts = services["nginx"]["volumes"]
     assert any(m.startswith("./nginx/chatstream.conf:") for m in mounts)
 
@@ -162,7 +202,7 @@ async def test_the_nginx_config_refuses_a_flood_from_one_client_with_429(tmp_pat
     # Issue 13: nothing in front of the gateway limited what one client could send (sessions, generations).
     async with running_gateway(FakeEngine()) as gateway:
         port = int(gateway.url.rsplit(":", 1)[1])
-        nginx = Nginx(tmp_path, [port])
+        nginx = Nginx(tmp_path, [port, port])  # both replicas of the deploy config: this one gateway
         nginx.start()
         try:
             async with httpx.AsyncClient(base_url=nginx.url, timeout=30) as client:

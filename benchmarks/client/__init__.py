@@ -5,10 +5,12 @@
 - `targets`: `/chat_stream`, OpenAI chat completions and the original's plain text, behind `Target`;
 - `engine`: the in-process engine as a `Target` (no HTTP);
 - `load`: load shapes (fixed concurrency, Poisson arrivals, multi-turn) over any `Target`;
-- `metrics`: readings of a gateway's `/metrics`.
+- `metrics`: readings of a gateway's `/metrics`;
+- `lag`: how late the client's own event loop wakes (a starved client inflates what it measures).
 """
 
 from benchmarks.client.http import Connection, HTTPError, Response
+from benchmarks.client.lag import loop_lag
 from benchmarks.client.load import LoadResult, fixed_concurrency, make_prompt, multi_turn, poisson
 from benchmarks.client.metrics import Metrics, read_metrics
 from benchmarks.client.sse import Event, SSEDecoder
@@ -28,6 +30,7 @@ __all__ = [
     "Target",
     "User",
     "fixed_concurrency",
+    "loop_lag",
     "make_prompt",
     "multi_turn",
     "poisson",

@@ -138,11 +138,17 @@ async def multi_turn(
     concurrency: int,
     max_tokens: int,
     progress: Progress | None = None,
+    *,
+    seed: int = 0,
+    patience: float = 0.0,
 ) -> LoadResult:
     """`concurrency` users each hold conversations of `turns` turns; the history grows every turn.
 
-    Records carry their turn number (1-based). A turn that fails ends its
-    conversation (a real user would start over).
+    Records carry their conversation (0-based) and turn (1-based) numbers;
+    `seed` varies the messages between runs. A turn that fails (refused, cut
+    off, busy) is sent again for up to `patience` seconds, after its
+    Retry-After or else a second, as a user would; every attempt is recorded.
+    A turn that still fails ends its conversation (a real user would start over).
     """
     records: list[RequestRecord] = []
     counter = iter(range(conversations))
@@ -151,9 +157,15 @@ async def multi_turn(
         for c in counter:
             user.new_conversation()
             for turn in range(1, turns + 1):
-                record = await target.chat(user, make_prompt(c * 1000 + turn, words=12), max_tokens)
-                record.turn = turn
-                records.append(record)
+                text = make_prompt(c * 1000 + turn, words=12, seed=seed)
+                give_up = time.perf_counter() + patience
+                while True:
+                    record = await target.chat(user, text, max_tokens)
+                    record.turn, record.conversation = turn, c
+                    records.append(record)
+                    if record.ok or time.perf_counter() >= give_up:
+                        break
+                    await asyncio.sleep(record.retry_after or 1.0)
                 if progress:
                     progress(1)
                 if not record.ok:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,14 +25,19 @@ _BodyReader = Callable[[Response, RequestRecord], Awaitable[None]]
 
 @dataclass
 class User:
-    """One simulated user: a connection with its cookies, and the conversation for stateless APIs."""
+    """One simulated user: a connection with its cookies, and the conversation for stateless APIs.
+
+    `conversation` names the current conversation (a router's session key).
+    """
 
     conn: Connection | None = None
     messages: list[dict[str, str]] = field(default_factory=list)
+    conversation: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def new_conversation(self) -> None:
         """Forget the conversation (and, for /chat_stream, the session cookie: a new visitor)."""
         self.messages.clear()
+        self.conversation = uuid.uuid4().hex
         if self.conn is not None:
             self.conn.cookies.clear()
 
@@ -78,13 +84,20 @@ class _HTTPTarget:
                 user.conn.close()
         self._users.clear()
 
-    async def _post(self, user: User, path: str, body: Any, read: _BodyReader) -> RequestRecord:
+    async def _post(
+        self, user: User, path: str, body: Any, read: _BodyReader, headers: dict[str, str] | None = None
+    ) -> RequestRecord:
         """POST `body`; a 200 is read by `read`, any other status is a refusal (its body read and dropped)."""
         assert user.conn is not None
         record = RequestRecord(started=time.perf_counter())
         try:
-            response = await user.conn.request("POST", path, json_body=body, headers=self._headers)
+            if self._headers is not None:
+                headers = {**self._headers, **(headers or {})}
+            response = await user.conn.request("POST", path, json_body=body, headers=headers)
             record.status = response.status
+            record.replica = response.header("x-chatstream-replica")
+            if (retry_after := response.header("retry-after")) is not None:
+                record.retry_after = float(retry_after)
             if response.status == 200:
                 await read(response, record)
             else:
@@ -141,13 +154,21 @@ class OpenAIChatTarget(_HTTPTarget):
         temperature: float = 0.7,
         top_p: float = 0.95,
         api_key: str | None = None,
+        *,
+        system: str | None = None,
+        session_header: str | None = None,
     ) -> None:
+        """`system` opens every conversation; `session_header` (e.g. X-Session-ID) names it for a router."""
         super().__init__(name, url, api_key)
         self.model = model
         self.temperature = temperature
         self.top_p = top_p
+        self.system = system
+        self.session_header = session_header
 
     async def chat(self, user: User, text: str, max_tokens: int) -> RequestRecord:
+        if not user.messages and self.system is not None:
+            user.messages.append({"role": "system", "content": self.system})
         user.messages.append({"role": "user", "content": text})
         body = {
             "model": self.model,
@@ -164,7 +185,8 @@ class OpenAIChatTarget(_HTTPTarget):
         async def read(response: Response, record: RequestRecord) -> None:
             await self._read(response, record, answer)
 
-        record = await self._post(user, "/v1/chat/completions", body, read)
+        headers = {self.session_header: user.conversation} if self.session_header else None
+        record = await self._post(user, "/v1/chat/completions", body, read, headers)
         if record.ok:
             user.messages.append({"role": "assistant", "content": "".join(answer)})
         else:  # the turn did not happen: the next one must not follow an unanswered question

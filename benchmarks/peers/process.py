@@ -7,7 +7,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +46,15 @@ class Server:
         times = psutil.Process(self.pid).cpu_times()
         return float(times.user + times.system)
 
+    def kill(self) -> None:
+        """SIGKILL the peer and every process it started, at once: a crashed machine."""
+        family = psutil.Process(self.pid).children(recursive=True)
+        self.process.kill()
+        for child in family:
+            child.kill()
+        self.process.wait(10)
+        psutil.wait_procs(family, timeout=30)
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -53,16 +62,21 @@ class Server:
             return ""
 
 
-def _wait_ready(server: Server, timeout: float) -> None:
-    # Every peer serves GET /health (the original through its wrapper script); polled with a plain
-    # blocking client because nothing else runs while a peer starts.
+def answers_health(server: Server) -> bool:
+    """GET /health is 200 (every HTTP peer serves it; the original through its wrapper script)."""
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(server.url + "/health", timeout=2).status_code == 200
+    return False
+
+
+def _wait_ready(server: Server, timeout: float, ready: Callable[[Server], bool]) -> None:
+    # Polled with a plain blocking client: nothing else runs while a peer starts.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise PeerFailed(f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(server.url + "/health", timeout=2).status_code == 200:
-                return
+        if ready(server):
+            return
         time.sleep(0.5)
     raise PeerFailed(f"{server.name} not ready after {timeout:.0f} s:\n{server.log_tail()}")
 
@@ -91,20 +105,26 @@ def running(
     env: Mapping[str, str],
     timeout: float = 300.0,
     cwd: Path | None = None,
+    ready: Callable[[Server], bool] = answers_health,
 ) -> Iterator[Server]:
-    """Start `command` (which must listen on 127.0.0.1:`port`), wait until it is ready, stop it afterwards.
+    """Start `command` (which must listen on 127.0.0.1:`port`), wait until `ready`, stop it afterwards.
 
     `cwd`: where it runs (`python -m` imports from there first: another checkout's code).
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log:
+        # Its own process group, so a Ctrl-C at the terminal reaches only the harness (which
+        # stops its peers itself), but not its own session: Linux schedules each session as one
+        # group (sched_autogroup), and with the peer alone in a session (vLLM's processes are
+        # always runnable) the load client's event loop woke up to 100s of ms late, which it
+        # measured as server latency (benchmarks/results/2026-11-30-routing/report.md).
         process = subprocess.Popen(
-            list(command), stdout=log, stderr=subprocess.STDOUT, env=dict(env), start_new_session=True, cwd=cwd
+            list(command), stdout=log, stderr=subprocess.STDOUT, env=dict(env), process_group=0, cwd=cwd
         )
     server = Server(name, f"http://127.0.0.1:{port}", process, log_path)
     try:
-        _wait_ready(server, timeout)
+        _wait_ready(server, timeout, ready)
         yield server
     finally:
         _stop(process)

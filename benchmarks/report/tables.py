@@ -111,10 +111,81 @@ def pair_rows(sweep: Result, a: str, b: str, levels: Sequence[int]) -> list[list
     return rows
 
 
+ROUTING_COLUMNS = [
+    "router",
+    "routing",
+    "turn-1 TTFT p50 ms",
+    "last-turn TTFT p50 / p90 ms",
+    "output tok/s",
+    "prefix-cache hit rate",
+    "moved turns",
+    "refused by replicas",
+    "first turns by replica",
+    "client lag p99 ms",
+]
+FAILOVER_COLUMNS = [
+    "router",
+    "conversations on the killed replica",
+    "continued on the other",
+    "finished every turn",
+    "failed attempts after the kill",
+    "seconds to continue p50 / max",
+]
+
+
+def routing_rows(routing: Result) -> list[list[str]]:
+    """One row per router and routing of scenario 9."""
+    rows = []
+    for label, run in routing.get("runs", {}).items():
+        kind, routing_name = label.rsplit(" ", 1)
+        by_turn = run["by_turn"]
+        last = by_turn[max(by_turn, key=int)]["ttft_ms"]
+        summary = run["summary"]
+        rows.append(
+            [
+                kind,
+                routing_name,
+                fmt(by_turn["1"]["ttft_ms"]["p50"], 0),
+                f"{fmt(last['p50'], 0)} / {fmt(last['p90'], 0)}",
+                fmt(summary["output_throughput"], 1),
+                "-" if run["prefix_cache_hit_rate"] is None else f"{run['prefix_cache_hit_rate']:.1%}",
+                str(run["moved_turns"]),
+                fmt(run["refused_by_replicas"], 0),
+                ", ".join(f"{k}: {v}" for k, v in sorted(run["conversations_by_first_replica"].items())),
+                fmt(run["client_loop_lag_ms"]["p99"], 1),
+            ]
+        )
+    return rows
+
+
+def failover_rows(routing: Result) -> list[list[str]]:
+    """One row per router of scenario 9's failover phase."""
+    failover = routing.get("failover", {})
+    rows = []
+    for kind in ("nginx", "vllm-router"):
+        f = failover.get(kind)
+        if not isinstance(f, dict):
+            continue
+        seconds = f["seconds_to_continue"]
+        rows.append(
+            [
+                kind,
+                str(f["conversations_on_killed_replica"]),
+                str(f["continued_on_the_other"]),
+                str(f["finished_all_turns"]),
+                ", ".join(f"{k}: {v}" for k, v in f["failed_attempts_after_kill"].items()) or "0",
+                f"{fmt(seconds['p50'], 1)} / {fmt(seconds['max'], 1)}",
+            ]
+        )
+    return rows
+
+
 def print_summary(result: Result) -> None:
     """The sweep and the checks, as terminal tables."""
     if "1" in result["scenarios"] and "targets" in result["scenarios"]["1"]:
         print_table("Scenario 1: concurrency sweep", SWEEP_COLUMNS, sweep_rows(result["scenarios"]["1"]))
+    if "runs" in result["scenarios"].get("9", {}):
+        print_table("Scenario 9: routing", ROUTING_COLUMNS, routing_rows(result["scenarios"]["9"]))
     print_table("Figures against targets", CHECK_COLUMNS, check_rows(result["checks"]))
 
 

@@ -32,7 +32,7 @@ class Context:
         self.figures: dict[str, Figures] = {}
         self.checks: list[Check] = []
         self._logs = plan.out / "logs"
-        self._env = peers.peer_env()
+        self.env = peers.peer_env()
 
     def check(
         self, scenario: int, figure: str, value: float | None, target: str, met: bool | None, unit: str = ""
@@ -49,7 +49,7 @@ class Context:
         puts the working directory first on the path) with only it on PYTHONPATH.
         """
         self.ui.note(f"starting {name}")
-        env = self._env if source is None else {**self._env, "PYTHONPATH": str(source.resolve())}
+        env = self.env if source is None else {**self.env, "PYTHONPATH": str(source.resolve())}
         with peers.running(name, command, port, self._logs, env, timeout=timeout, cwd=source) as server:
             self.ui.note(f"{name} ready at {server.url} (pid {server.pid})")
             yield server

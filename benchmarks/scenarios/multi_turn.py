@@ -7,11 +7,9 @@ also measures prefix caching off, for comparison.
 
 from __future__ import annotations
 
-from typing import Any
-
 from benchmarks import peers
-from benchmarks.client import ChatStreamTarget, multi_turn
-from benchmarks.records import distribution, summarise
+from benchmarks.client import ChatStreamTarget, loop_lag, multi_turn
+from benchmarks.records import by_turn, distribution, summarise
 from benchmarks.scenarios.checks import at_most, ratio
 from benchmarks.scenarios.context import Context, Figures
 
@@ -50,16 +48,14 @@ async def conversations(ctx: Context, gw: peers.Server, label: str) -> Figures:
     target = ChatStreamTarget(label, gw.url)
     total = plan.conversations * plan.turns
     with ctx.ui.step(f"{label}: {plan.conversations} x {plan.turns} turns", total) as advance:
-        result = await multi_turn(
-            target, plan.conversations, plan.turns, plan.conversation_users, plan.turn_tokens, advance
-        )
+        async with loop_lag() as lags:
+            result = await multi_turn(
+                target, plan.conversations, plan.turns, plan.conversation_users, plan.turn_tokens, advance
+            )
     await target.close()
-    by_turn: dict[str, Any] = {}
-    for turn in range(1, plan.turns + 1):
-        recs = [r for r in result.records if r.turn == turn and r.ok]
-        by_turn[str(turn)] = {
-            "n": len(recs),
-            "ttft_ms": distribution([r.ttft for r in recs if r.ttft is not None]),
-            "prompt_tokens": (sum(r.prompt_tokens for r in recs) / len(recs)) if recs else None,
-        }
-    return {"summary": summarise(result.records, result.duration), "by_turn": by_turn}
+    return {
+        "summary": summarise(result.records, result.duration),
+        "by_turn": by_turn(result.records, plan.turns),
+        # A late client sees a whole answer arrive at once: TTFT near e2e, TPOT near 0.
+        "client_loop_lag_ms": distribution(lags),
+    }

@@ -6,14 +6,8 @@ at once, and every request is either a complete stream or a refusal.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 from benchmarks import peers
-from benchmarks.client import ChatStreamTarget, fixed_concurrency, poisson
+from benchmarks.client import ChatStreamTarget, fixed_concurrency, loop_lag, poisson
 from benchmarks.records import distribution, percentile, summarise
 from benchmarks.scenarios.checks import at_most, below, ratio
 from benchmarks.scenarios.context import Context, Figures
@@ -77,7 +71,7 @@ async def _overload(ctx: Context, gw: peers.Server) -> Figures:
     rate = plan.overload_factor * base_rate
     n = max(10, int(rate * plan.overload_seconds))
     with ctx.ui.step(f"overload {rate:.1f} req/s", n) as advance:
-        async with _loop_lag() as lags:
+        async with loop_lag() as lags:
             over = await poisson(target, rate, n, plan.max_tokens, advance)
     await target.close()
     base_ok = [r.ttft for r in base.records if r.ok and r.ttft is not None]
@@ -102,23 +96,3 @@ async def _overload(ctx: Context, gw: peers.Server) -> Figures:
         "neither": len(other),
         "neither_examples": [{"status": r.status, "error": r.error, "tokens": r.output_tokens} for r in other[:5]],
     }
-
-
-@asynccontextmanager
-async def _loop_lag(interval: float = 0.005) -> AsyncIterator[list[float]]:
-    """How late the client's own event loop wakes up (s): a busy client inflates the latencies it measures."""
-    lags: list[float] = []
-
-    async def tick() -> None:
-        while True:
-            before = time.perf_counter()
-            await asyncio.sleep(interval)
-            lags.append(time.perf_counter() - before - interval)
-
-    task = asyncio.create_task(tick())
-    try:
-        yield lags
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

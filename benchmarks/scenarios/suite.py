@@ -17,6 +17,7 @@ from benchmarks.scenarios import (
     memory,
     multi_turn,
     overload,
+    routing,
 )
 from benchmarks.scenarios.checks import Check
 from benchmarks.scenarios.context import Context, Figures
@@ -33,6 +34,7 @@ SCENARIOS: dict[int, Callable[[Context], Awaitable[None]]] = {
     4: multi_turn.run,
     7: frontend.run,
     8: fairness.run,
+    9: routing.run,
 }
 
 

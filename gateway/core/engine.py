@@ -68,11 +68,18 @@ class EngineOutput:
 
 @dataclass(frozen=True, slots=True)
 class EngineStats:
-    """The engine's own view of its load, where it reports one."""
+    """The engine's own view of its load, where it reports one.
+
+    The prefix-cache figures count prompt tokens since the engine started:
+    looked up in the cache, and found there (vLLM's `prefix_cache_queries`
+    and `prefix_cache_hits`).
+    """
 
     running: int
     waiting: int
     kv_cache_usage: float | None
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
 
 
 class EngineDead(RuntimeError):

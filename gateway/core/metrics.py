@@ -6,10 +6,11 @@ never share counters.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from gateway.core.admission import Load
 from gateway.core.engine import EngineStats
@@ -127,6 +128,7 @@ class Metrics:
         self.engine_running.set_function(stat(lambda s: s.running))
         self.engine_waiting.set_function(stat(lambda s: s.waiting))
         self.kv_cache_usage.set_function(stat(lambda s: s.kv_cache_usage))
+        self.registry.register(_PrefixCacheCounters(engine_stats))
 
     def count_refusal(self, route: str, error: GatewayError, user_class: str = ANONYMOUS.user_class) -> None:
         """A request refused before it reached the queue."""
@@ -140,3 +142,21 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _PrefixCacheCounters:
+    """The engine's prefix-cache totals as counters, read at scrape time (the hit rate is hits / queries)."""
+
+    def __init__(self, engine_stats: Callable[[], EngineStats | None]) -> None:
+        self.engine_stats = engine_stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.engine_stats()
+        queries = stats.prefix_cache_queries if stats is not None else 0
+        hits = stats.prefix_cache_hits if stats is not None else 0
+        yield CounterMetricFamily(
+            "chatstream:engine_prefix_cache_queries", "Prompt tokens the engine looked up in its prefix cache.", queries
+        )
+        yield CounterMetricFamily(
+            "chatstream:engine_prefix_cache_hits", "Prompt tokens the engine found in its prefix cache.", hits
+        )

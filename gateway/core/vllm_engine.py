@@ -116,10 +116,15 @@ class VLLMEngine:
                 self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0
             ) -> None:
                 if scheduler_stats is not None:
+                    # vLLM reports the prefix cache per step; the totals add them up.
+                    cache = scheduler_stats.prefix_cache_stats
+                    before = engine._stats
                     engine._stats = EngineStats(
                         running=scheduler_stats.num_running_reqs,
                         waiting=scheduler_stats.num_waiting_reqs,
                         kv_cache_usage=scheduler_stats.kv_cache_usage,
+                        prefix_cache_queries=(before.prefix_cache_queries if before else 0) + cache.queries,
+                        prefix_cache_hits=(before.prefix_cache_hits if before else 0) + cache.hits,
                     )
 
             def log_engine_initialized(self) -> None:

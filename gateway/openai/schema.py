@@ -39,7 +39,20 @@ class StreamOptions(_Strict):
     continuous_usage_stats: bool = False
 
 
-class SamplingFields(_Strict):
+class _RouterDefaults(_Strict):
+    """Fields vllm-router (0.1.17) adds to every body it forwards, at the values it sends.
+
+    It re-serializes a request through its own schema, so a client's plain body
+    arrives with these set. Each value is what the gateway does anyway, so
+    accepting it changes no answer; any other value is still a 400 naming it.
+    """
+
+    no_stop_trim: Literal[False] = False
+    skip_special_tokens: Literal[True] = True
+    return_hidden_states: Literal[False] = False
+
+
+class SamplingFields(_RouterDefaults):
     """Fields both routes share: OpenAI's sampling fields and vLLM's extras."""
 
     model: str | None = Field(None, max_length=256)
@@ -103,6 +116,13 @@ class ChatCompletionRequest(SamplingFields):
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    # vllm-router's additions to a chat body (see _RouterDefaults): no log probabilities,
+    # a new assistant message, and no reasoning parser, so nothing to separate or include.
+    logprobs: Literal[False] = False
+    continue_final_message: Literal[False] = False
+    separate_reasoning: Literal[True] = True
+    stream_reasoning: Literal[True] = True
+    include_reasoning: Literal[True] = True
 
     @property
     def token_limit(self) -> int | None:
@@ -117,6 +137,7 @@ class CompletionRequest(SamplingFields):
     """The body of `POST /v1/completions`."""
 
     prompt: str = Field(min_length=1)
+    echo: Literal[False] = False  # vllm-router's addition (see _RouterDefaults)
 
 
 class OpenAIErrorDetail(BaseModel):

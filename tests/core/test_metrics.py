@@ -116,4 +116,6 @@ async def test_metric_names_follow_vllm(client: httpx.AsyncClient) -> None:
         "chatstream:requests",
         "chatstream:rejected_requests",
         "chatstream:kv_cache_usage_perc",
+        "chatstream:engine_prefix_cache_queries",
+        "chatstream:engine_prefix_cache_hits",
     } <= names

@@ -1,51 +1,18 @@
-"""Two gateway replicas behind real nginx (deploy/nginx/chatstream.conf), sessions in a real redis-server."""
+"""Two gateway replicas behind real nginx (deploy/nginx/chatstream.conf), sessions in a real redis-server: streaming,
+disconnects, restarts and a Redis outage (the routing itself: test_nginx_routing.py)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.gateway_app import metric
-from tests.servers import Gateway, Nginx, RedisServer
+from tests.routing.cluster import Cluster
 from tests.sse_client import parse_sse
 
 pytestmark = pytest.mark.engine
-
-SECRET = "replica-test-secret-0123456789abcdef"
-
-
-@dataclass
-class Cluster:
-    redis: RedisServer
-    replicas: list[Gateway]
-    nginx: Nginx
-
-
-@pytest.fixture(scope="module")
-def cluster(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    directory = tmp_path_factory.mktemp("replicas")
-    redis = RedisServer(directory)
-    redis.start()
-    flags = ["--session-store", redis.url, "--session-secret", SECRET, "--ignore-eos", "--max-new-tokens", "200"]
-    replicas = [Gateway(directory, tiny_model_dir, *flags, "--concurrency", "4") for _ in range(2)]
-    nginx = Nginx(directory, [r.port for r in replicas])
-    try:
-        for replica in replicas:
-            replica.launch()
-        for replica in replicas:
-            replica.wait_ready()
-        nginx.start()
-        yield Cluster(redis, replicas, nginx)
-    finally:
-        nginx.stop()
-        for replica in replicas:
-            replica.stop()
-        redis.stop()
 
 
 async def turn(client: httpx.AsyncClient, url: str, text: str, cookie: str | None) -> tuple[str, str | None]:
