@@ -104,8 +104,8 @@ def running(
     log_dir: Path,
     env: Mapping[str, str],
     timeout: float = 300.0,
-    cwd: Path | None = None,
     ready: Callable[[Server], bool] = answers_health,
+    cwd: Path | None = None,
 ) -> Iterator[Server]:
     """Start `command` (which must listen on 127.0.0.1:`port`), wait until `ready`, stop it afterwards.
 
