@@ -23,7 +23,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny offline model: `make test` builds it into models/tiny; otherwise build one here."""
     given = os.environ.get("CHATSTREAM_TEST_MODEL")
     if given and (Path(given) / "config.json").is_file():
-        return Path(given)
+        # Absolute: clients run in other directories, and a relative path reads as a Hub id there.
+        return Path(given).resolve()
     from gateway.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
