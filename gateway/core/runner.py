@@ -32,6 +32,7 @@ from starlette.types import Message, Send
 
 from gateway.core.admission import CLAIM_STATE, AdmissionController, Ticket
 from gateway.core.completion import CompletionCallback, CompletionState, fire_callback
+from gateway.core.direct_send import direct_send
 from gateway.core.engine import Engine, EngineDead, EngineOutput
 from gateway.core.errors import EngineUnavailable, GatewayError, error_headers
 from gateway.core.generation import GenerationRequest, Outcome
@@ -79,6 +80,7 @@ class _Stream:
     send: Send
     fmt: StreamFormat
     extra_headers: tuple[tuple[bytes, bytes], ...]
+    direct: Send | None = None  # the body's way past the middlewares (gateway.core.direct_send)
     started: bool = False
     send_started_at: float | None = None
     last_send_at: float = 0.0
@@ -109,7 +111,7 @@ class GenerationRunner:
     ) -> None:
         """Serve `gen` on this connection. `on_end` runs once, always; `callback` once if queued."""
         outcome = Outcome()
-        stream = _Stream(send, fmt, gen.headers)
+        stream = _Stream(send, fmt, gen.headers, direct_send(request.scope))
         # The admission middleware claimed a place on arrival; without it (a library
         # user's own app) the claim is made here, for one anonymous user.
         claim: Ticket | None = request.scope.get("state", {}).pop(CLAIM_STATE, None)
@@ -260,6 +262,8 @@ class GenerationRunner:
         stream.started = True
         headers = [*stream.fmt.headers, *stream.extra_headers]
         await self._send(stream, {"type": "http.response.start", "status": 200, "headers": headers})
+        if stream.direct is not None:  # every middleware has seen the start: the body goes straight down
+            stream.send = stream.direct
 
     async def _send(self, stream: _Stream, message: Message) -> None:
         """A one-off send, bounded by `send_timeout`."""
