@@ -210,9 +210,7 @@ class GenerationRunner:
                             outcome.first_token_at = now
                             metrics.ttft.observe(now - gen.arrived_at)
                         elif outcome.last_token_at is not None:
-                            gap = (now - outcome.last_token_at) / out.num_new_tokens
-                            for _ in range(out.num_new_tokens):
-                                metrics.itl.observe(gap)
+                            metrics.itl.observe((now - outcome.last_token_at) / out.num_new_tokens, out.num_new_tokens)
                         outcome.last_token_at = now
                     if prompt_tokens is None:
                         outcome.prompt_tokens = out.num_prompt_tokens
