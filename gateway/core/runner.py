@@ -240,17 +240,26 @@ class GenerationRunner:
         outcome.end(CompletionState.SUCCESS)
 
     async def _send_body(self, stream: _Stream, lock: asyncio.Lock, body: bytes) -> None:
-        async with lock:
-            await self._start(stream)
-            # No timeout scope per token (it would cost more than the send): the
-            # keep-alive task watches `send_started_at` and cuts a stalled client.
-            stream.send_started_at = time.monotonic()
-            try:
-                await stream.send({"type": "http.response.body", "body": body, "more_body": True})
-            except OSError as exc:
-                raise _ClientGone from exc
-            stream.send_started_at = None
-            stream.last_send_at = time.monotonic()
+        if lock.locked() or not stream.started:  # a keep-alive ping is on its way, or the start goes first
+            async with lock:
+                await self._start(stream)
+                await self._write(stream, body)
+            return
+        # Without the lock (once per token it is a third of the send's own cost): while
+        # `send_started_at` is set, the keep-alive task starts no ping.
+        await self._write(stream, body)
+
+    @staticmethod
+    async def _write(stream: _Stream, body: bytes) -> None:
+        # No timeout scope per token (it would cost more than the send): the
+        # keep-alive task watches `send_started_at` and cuts a stalled client.
+        stream.send_started_at = time.monotonic()
+        try:
+            await stream.send({"type": "http.response.body", "body": body, "more_body": True})
+        except OSError as exc:
+            raise _ClientGone from exc
+        stream.send_started_at = None
+        stream.last_send_at = time.monotonic()
 
     async def _start(self, stream: _Stream) -> None:
         # The status line waits for the first event, so anything that fails before
@@ -287,7 +296,8 @@ class GenerationRunner:
             if stream.send_started_at is not None and now - stream.send_started_at > limits.send_timeout:
                 self._client_gone(stream, outcome, scope)
                 return
-            if stream.fmt.streaming and not lock.locked() and now - stream.last_send_at >= limits.ping_interval:
+            quiet = stream.send_started_at is None and not lock.locked()
+            if stream.fmt.streaming and quiet and now - stream.last_send_at >= limits.ping_interval:
                 try:
                     async with lock:
                         await self._start(stream)
