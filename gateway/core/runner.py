@@ -23,7 +23,6 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Protocol
 
 import anyio
 import anyio.abc
@@ -33,44 +32,18 @@ from starlette.types import Message, Send
 from gateway.core.admission import CLAIM_STATE, AdmissionController, Ticket
 from gateway.core.completion import CompletionCallback, CompletionState, fire_callback
 from gateway.core.direct_send import direct_send
-from gateway.core.engine import Engine, EngineDead, EngineOutput
+from gateway.core.engine import Engine, EngineDead
 from gateway.core.errors import EngineUnavailable, GatewayError, error_headers
 from gateway.core.generation import GenerationRequest, Outcome
 from gateway.core.metrics import Metrics
 from gateway.core.outputs import generation_outputs
 from gateway.core.principal import ANONYMOUS
 from gateway.core.request_log import mark_logged, request_id_of
+from gateway.core.stream_format import StreamFormat, StreamLimits
 
 logger = logging.getLogger(__name__)
 
 OnEnd = Callable[[Outcome], Awaitable[None]]
-
-
-class StreamFormat(Protocol):
-    """How one API spells the response of one generation."""
-
-    streaming: bool
-    headers: list[tuple[bytes, bytes]]
-    ping: bytes
-
-    def delta(self, output: EngineOutput) -> bytes:
-        """What to send for one engine output; b"" sends nothing (a body spelled at the end, held-back text)."""
-        ...
-
-    def done(self, outcome: Outcome) -> bytes: ...
-
-    def error(self, error: GatewayError) -> bytes: ...
-
-    def refusal(self, error: GatewayError) -> bytes:
-        """The JSON body of a refusal sent instead of a stream."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class StreamLimits:
-    queue_timeout: float
-    send_timeout: float
-    ping_interval: float
 
 
 @dataclass(eq=False, slots=True)
