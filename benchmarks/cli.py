@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--no-progress", action="store_true", help="no progress bars")
     suite.add_argument(
         "--baseline",
-        help="a checkout of another gateway version (e.g. main) that scenarios 2 and 8 measure too, in the same run",
+        help="a checkout of another gateway version (e.g. main) that scenarios 2, 5, 7 and 8 also measure, in one run",
     )
 
     one = commands.add_parser("load", help="drive one running target with one load shape")

@@ -62,10 +62,11 @@ class Context:
         return self.server(name, command, flags.port, source=source)
 
     def null_gateway(
-        self, name: str, flags: peers.GatewayFlags, *, token_delay: float = 0.0
+        self, name: str, flags: peers.GatewayFlags, *, token_delay: float = 0.0, source: Path | None = None
     ) -> contextlib.AbstractContextManager[peers.Server]:
-        """The gateway over the zero-cost engine, which starts in seconds."""
-        return self.server(name, peers.null_gateway_command(flags, token_delay=token_delay), flags.port, timeout=60)
+        """The gateway over the zero-cost engine, which starts in seconds; `source`: another checkout's."""
+        command = peers.null_gateway_command(flags, token_delay=token_delay)
+        return self.server(name, command, flags.port, timeout=60, source=source)
 
     async def run_fixed(self, target: Target, concurrency: int, n: int, max_tokens: int, label: str) -> Figures:
         """`n` requests from `concurrency` users (closed loop), summarised against the plan's SLO."""

@@ -7,6 +7,7 @@ server, each at every concurrency of the plan (1 to 512), streaming with
 time of the server's front-end processes: the server process and every
 descendant except vLLM's engine core and its workers (`VLLM::EngineCore`,
 `VLLM::Worker`), so several API processes count, the engine never does.
+With `--baseline`, another checkout's gateway runs the same levels too.
 """
 
 from __future__ import annotations
@@ -50,6 +51,15 @@ async def run(ctx: Context) -> None:
     with ctx.gateway("gateway", flags) as gw:
         servers["gateway-openai"] = await _levels(ctx, gw, OpenAIChatTarget("gateway-openai", gw.url, ctx.model))
         servers["gateway-chat_stream"] = await _levels(ctx, gw, ChatStreamTarget("gateway-chat_stream", gw.url))
+    if plan.baseline is not None:  # another checkout of the gateway, for a before/after in the same run
+        try:
+            with ctx.gateway("baseline", flags, source=plan.baseline) as gw:
+                openai = OpenAIChatTarget("baseline-openai", gw.url, ctx.model)
+                servers["baseline-openai"] = await _levels(ctx, gw, openai)
+                chat = ChatStreamTarget("baseline-chat_stream", gw.url)
+                servers["baseline-chat_stream"] = await _levels(ctx, gw, chat)
+        except peers.PeerFailed as exc:  # the baseline failing to start keeps the other figures
+            ctx.ui.note(f"baseline failed: {str(exc)[-300:]}")
     port = peers.free_port()
     with ctx.server("vllm-server", peers.vllm_server_command(ctx.model, port), port) as vs:
         servers["vllm-server"] = await _levels(ctx, vs, OpenAIChatTarget("vllm-server", vs.url, ctx.model))

@@ -11,8 +11,8 @@ from gateway.core.engine import Engine, EngineDead, EngineOutput, EngineStats, S
 from gateway.core.errors import GatewayError
 from gateway.core.generation import GenerationRequest, Outcome
 from gateway.core.metrics import Metrics
-from gateway.core.runner import StreamFormat
 from gateway.core.service import Core
+from gateway.core.stream_format import StreamFormat
 
 __all__ = [
     "AdmissionController",

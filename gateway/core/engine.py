@@ -42,7 +42,10 @@ class SamplingOptions:
     answers: int = 1  # how many answers `native` asks for (`n`): each counts in the token budget
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is made per token, and a frozen dataclass's __init__ sets each of
+# its ten fields through object.__setattr__ (2.6 µs here, against 0.7 µs). Nothing
+# changes one after it is made (the runner copies it with dataclasses.replace).
+@dataclass(slots=True)
 class EngineOutput:
     """What arrived since the previous output of one answer of a generation.
 

@@ -6,11 +6,13 @@ never share counters.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from gateway.core.admission import Load
 from gateway.core.engine import EngineStats
@@ -54,12 +56,10 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.itl = Histogram(
-            "chatstream:inter_token_latency_seconds",
-            "Time between consecutive tokens.",
-            buckets=_ITL_BUCKETS,
-            registry=r,
+        self.itl = LoopHistogram(
+            "chatstream:inter_token_latency_seconds", "Time between consecutive tokens.", _ITL_BUCKETS
         )
+        r.register(self.itl)
         self.e2e = Histogram(
             "chatstream:e2e_request_latency_seconds",
             "Time from arrival to the end of the request.",
@@ -160,3 +160,31 @@ class _PrefixCacheCounters:
         yield CounterMetricFamily(
             "chatstream:engine_prefix_cache_hits", "Prompt tokens the engine found in its prefix cache.", hits
         )
+
+
+class LoopHistogram:
+    """A histogram observed only from the event loop's thread: one list update per observation.
+
+    prometheus_client's `Histogram` takes a lock and updates two values per
+    observation; the inter-token latency is observed once per streamed token,
+    where that was a tenth of the gateway's own CPU per token.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = buckets
+        self.counts = [0] * (len(buckets) + 1)  # the last: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float, times: int = 1) -> None:
+        """`times` observations of `value`."""
+        self.counts[bisect_left(self.bounds, value)] += times
+        self.sum += value * times
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative, buckets = 0, []
+        for bound, count in zip((*map(floatToGoString, self.bounds), "+Inf"), self.counts, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=self.sum)

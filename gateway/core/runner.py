@@ -23,7 +23,6 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Protocol
 
 import anyio
 import anyio.abc
@@ -32,44 +31,19 @@ from starlette.types import Message, Send
 
 from gateway.core.admission import CLAIM_STATE, AdmissionController, Ticket
 from gateway.core.completion import CompletionCallback, CompletionState, fire_callback
-from gateway.core.engine import Engine, EngineDead, EngineOutput
+from gateway.core.direct_send import direct_send
+from gateway.core.engine import Engine, EngineDead
 from gateway.core.errors import EngineUnavailable, GatewayError, error_headers
 from gateway.core.generation import GenerationRequest, Outcome
 from gateway.core.metrics import Metrics
 from gateway.core.outputs import generation_outputs
 from gateway.core.principal import ANONYMOUS
 from gateway.core.request_log import mark_logged, request_id_of
+from gateway.core.stream_format import StreamFormat, StreamLimits
 
 logger = logging.getLogger(__name__)
 
 OnEnd = Callable[[Outcome], Awaitable[None]]
-
-
-class StreamFormat(Protocol):
-    """How one API spells the response of one generation."""
-
-    streaming: bool
-    headers: list[tuple[bytes, bytes]]
-    ping: bytes
-
-    def delta(self, output: EngineOutput) -> bytes:
-        """What to send for one engine output; b"" sends nothing (a body spelled at the end, held-back text)."""
-        ...
-
-    def done(self, outcome: Outcome) -> bytes: ...
-
-    def error(self, error: GatewayError) -> bytes: ...
-
-    def refusal(self, error: GatewayError) -> bytes:
-        """The JSON body of a refusal sent instead of a stream."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class StreamLimits:
-    queue_timeout: float
-    send_timeout: float
-    ping_interval: float
 
 
 @dataclass(eq=False, slots=True)
@@ -79,6 +53,7 @@ class _Stream:
     send: Send
     fmt: StreamFormat
     extra_headers: tuple[tuple[bytes, bytes], ...]
+    direct: Send | None = None  # the body's way past the middlewares (gateway.core.direct_send)
     started: bool = False
     send_started_at: float | None = None
     last_send_at: float = 0.0
@@ -109,7 +84,7 @@ class GenerationRunner:
     ) -> None:
         """Serve `gen` on this connection. `on_end` runs once, always; `callback` once if queued."""
         outcome = Outcome()
-        stream = _Stream(send, fmt, gen.headers)
+        stream = _Stream(send, fmt, gen.headers, direct_send(request.scope))
         # The admission middleware claimed a place on arrival; without it (a library
         # user's own app) the claim is made here, for one anonymous user.
         claim: Ticket | None = request.scope.get("state", {}).pop(CLAIM_STATE, None)
@@ -129,8 +104,11 @@ class GenerationRunner:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_disconnect, request, stream, outcome, tg.cancel_scope)
-                await self._serve(ticket, gen, outcome, stream, tg)
-                tg.cancel_scope.cancel()
+                # The stream runs in a task of its own, not in the request's task: every token
+                # wakes the task that waits for it, and a wake-up resumes each coroutine frame
+                # it is suspended in. The request's task sits under the whole middleware and
+                # routing stack (about twenty frames); a task of its own, under three.
+                tg.start_soon(self._serve_then_stop, ticket, gen, outcome, stream, tg)
         except Exception as exc:  # a bug or an engine fault: report it, never raise into the server
             error = _first_error(exc)
             outcome.fail(error)
@@ -154,6 +132,12 @@ class GenerationRunner:
                 ticket.release()
             raise
         return ticket
+
+    async def _serve_then_stop(
+        self, ticket: Ticket, gen: GenerationRequest, outcome: Outcome, stream: _Stream, tg: anyio.abc.TaskGroup
+    ) -> None:
+        await self._serve(ticket, gen, outcome, stream, tg)
+        tg.cancel_scope.cancel()  # the watchers' work is done
 
     async def _serve(
         self, ticket: Ticket, gen: GenerationRequest, outcome: Outcome, stream: _Stream, tg: anyio.abc.TaskGroup
@@ -199,9 +183,7 @@ class GenerationRunner:
                             outcome.first_token_at = now
                             metrics.ttft.observe(now - gen.arrived_at)
                         elif outcome.last_token_at is not None:
-                            gap = (now - outcome.last_token_at) / out.num_new_tokens
-                            for _ in range(out.num_new_tokens):
-                                metrics.itl.observe(gap)
+                            metrics.itl.observe((now - outcome.last_token_at) / out.num_new_tokens, out.num_new_tokens)
                         outcome.last_token_at = now
                     if prompt_tokens is None:
                         outcome.prompt_tokens = out.num_prompt_tokens
@@ -231,17 +213,26 @@ class GenerationRunner:
         outcome.end(CompletionState.SUCCESS)
 
     async def _send_body(self, stream: _Stream, lock: asyncio.Lock, body: bytes) -> None:
-        async with lock:
-            await self._start(stream)
-            # No timeout scope per token (it would cost more than the send): the
-            # keep-alive task watches `send_started_at` and cuts a stalled client.
-            stream.send_started_at = time.monotonic()
-            try:
-                await stream.send({"type": "http.response.body", "body": body, "more_body": True})
-            except OSError as exc:
-                raise _ClientGone from exc
-            stream.send_started_at = None
-            stream.last_send_at = time.monotonic()
+        if lock.locked() or not stream.started:  # a keep-alive ping is on its way, or the start goes first
+            async with lock:
+                await self._start(stream)
+                await self._write(stream, body)
+            return
+        # Without the lock (once per token it is a third of the send's own cost): while
+        # `send_started_at` is set, the keep-alive task starts no ping.
+        await self._write(stream, body)
+
+    @staticmethod
+    async def _write(stream: _Stream, body: bytes) -> None:
+        # No timeout scope per token (it would cost more than the send): the
+        # keep-alive task watches `send_started_at` and cuts a stalled client.
+        stream.send_started_at = time.monotonic()
+        try:
+            await stream.send({"type": "http.response.body", "body": body, "more_body": True})
+        except OSError as exc:
+            raise _ClientGone from exc
+        stream.send_started_at = None
+        stream.last_send_at = time.monotonic()
 
     async def _start(self, stream: _Stream) -> None:
         # The status line waits for the first event, so anything that fails before
@@ -251,6 +242,8 @@ class GenerationRunner:
         stream.started = True
         headers = [*stream.fmt.headers, *stream.extra_headers]
         await self._send(stream, {"type": "http.response.start", "status": 200, "headers": headers})
+        if stream.direct is not None:  # every middleware has seen the start: the body goes straight down
+            stream.send = stream.direct
 
     async def _send(self, stream: _Stream, message: Message) -> None:
         """A one-off send, bounded by `send_timeout`."""
@@ -276,7 +269,8 @@ class GenerationRunner:
             if stream.send_started_at is not None and now - stream.send_started_at > limits.send_timeout:
                 self._client_gone(stream, outcome, scope)
                 return
-            if stream.fmt.streaming and not lock.locked() and now - stream.last_send_at >= limits.ping_interval:
+            quiet = stream.send_started_at is None and not lock.locked()
+            if stream.fmt.streaming and quiet and now - stream.last_send_at >= limits.ping_interval:
                 try:
                     async with lock:
                         await self._start(stream)

@@ -18,7 +18,8 @@ from gateway.core.errors import GatewayError
 from gateway.core.metrics import Metrics
 from gateway.core.offload import Offload
 from gateway.core.principal import ANONYMOUS
-from gateway.core.runner import GenerationRunner, StreamLimits
+from gateway.core.runner import GenerationRunner
+from gateway.core.stream_format import StreamLimits
 from gateway.settings import Config
 
 

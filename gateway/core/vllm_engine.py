@@ -95,6 +95,12 @@ class VLLMEngine:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
         engine_args = AsyncEngineArgs(model=self.model, disable_log_stats=False, **args)
         self._llm = AsyncLLM.from_engine_args(engine_args, stat_loggers=[self._stats_tap_factory()])
+        # vLLM reads some of its settings from the environment on every use, one of them once
+        # per engine output (its iteration stats); its engine processes cache them once started,
+        # and so does this one now (the environment is not changed after start-up).
+        from vllm import envs
+
+        envs.enable_envs_cache()
         self.max_model_len = int(self._llm.model_config.max_model_len)
         from vllm.renderers.chat_utils import load_chat_template
 
@@ -102,15 +108,19 @@ class VLLMEngine:
         logger.info("engine ready: model=%s max_model_len=%d", self.model, self.max_model_len)
 
     def _stats_tap_factory(self) -> Any:
-        from vllm.v1.metrics.loggers import StatLoggerBase
+        from vllm.v1.metrics.loggers import PrometheusStatLogger
 
         engine = self
 
-        class StatsTap(StatLoggerBase):  # type: ignore[misc]
+        # A PrometheusStatLogger only by type: vLLM adds its own Prometheus logger unless one of
+        # the loggers it is given is one, and that logger observes every token's latency (a few
+        # µs per token of the front end) into a registry the gateway never serves (its /metrics
+        # has its own). None of PrometheusStatLogger's behaviour is inherited: every method is here.
+        class StatsTap(PrometheusStatLogger):  # type: ignore[misc]
             """Keeps the scheduler's latest load figures for /metrics."""
 
-            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
-                pass
+            def __init__(self, vllm_config: Any, engine_indexes: list[int] | None = None) -> None:
+                pass  # no vLLM metrics
 
             def record(
                 self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0
@@ -128,6 +138,15 @@ class VLLMEngine:
                     )
 
             def log_engine_initialized(self) -> None:
+                pass
+
+            def log(self) -> None:
+                pass
+
+            def record_sleep_state(self, sleep: int = 0, level: int = 0) -> None:
+                pass
+
+            def record_admission_rejection(self, reason: str) -> None:
                 pass
 
         return StatsTap

@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.core.engine import EngineOutput
 from gateway.core.generation import GenerationRequest, Outcome
+from gateway.http.sse import json_string
 from gateway.openai.format import DONE, Answer, BaseFormat, dumps, event, usage
 from gateway.openai.frontend import AnswerSpec, Delta, Prompt
 from gateway.openai.logprobs import chat_entries, prompt_logprobs_json
@@ -65,9 +66,9 @@ class ChatFormat(BaseFormat):
             return b""
         if self._first_chunk:  # the role travels with the first content, never ahead of it
             self._first_chunk = False
-            piece = b'"delta":{"role":' + self._role + b',"content":' + dumps(text) + b"}"
+            piece = b'"delta":{"role":' + self._role + b',"content":' + json_string(text) + b"}"
         elif text:
-            piece = b'"delta":{"content":' + dumps(text) + b"}"
+            piece = b'"delta":{"content":' + json_string(text) + b"}"
         else:
             piece = b'"delta":{}'
         if reason is None:

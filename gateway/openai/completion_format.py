@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.core.engine import EngineOutput
 from gateway.core.generation import GenerationRequest, Outcome
+from gateway.http.sse import json_string
 from gateway.openai.format import DONE, Answer, BaseFormat, dumps, event, usage
 from gateway.openai.frontend import AnswerSpec, Prompt
 from gateway.openai.logprobs import completion_logprobs, prompt_logprobs_json
@@ -37,9 +38,14 @@ class CompletionFormat(BaseFormat):
             if not output.text and reason is None:
                 return b""
             if reason is None:
-                return self._prefix + b'"text":' + dumps(output.text) + b',"logprobs":null,"finish_reason":null}]}\n\n'
+                return (
+                    self._prefix
+                    + b'"text":'
+                    + json_string(output.text)
+                    + b',"logprobs":null,"finish_reason":null}]}\n\n'
+                )
             ending = b',"finish_reason":' + dumps(reason) + b',"stop_reason":' + dumps(output.stop_reason) + b"}]}\n\n"
-            return self._prefix + b'"text":' + dumps(output.text) + b',"logprobs":null' + ending
+            return self._prefix + b'"text":' + json_string(output.text) + b',"logprobs":null' + ending
         index = output.prompt_index * self.spec.n + output.index
         answer = self.answers.get(index)
         first = answer is None

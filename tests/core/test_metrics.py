@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import CompletionState
+from gateway.core.metrics import LoopHistogram
 from tests.fakes import FakeEngine
 from tests.gateway_app import Gateway, metric, running_gateway, scrape
 
@@ -119,3 +121,35 @@ async def test_metric_names_follow_vllm(client: httpx.AsyncClient) -> None:
         "chatstream:engine_prefix_cache_queries",
         "chatstream:engine_prefix_cache_hits",
     } <= names
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param([], id="none"),
+        pytest.param([0.0, 0.001, 0.0011, 0.02, 0.5, 5.0, 99.0], id="on-and-between-bounds"),
+        pytest.param([0.003] * 5 + [1e-9], id="repeated"),
+    ],
+)
+def test_the_loop_histogram_exposes_what_prometheus_histogram_does(values: list[float]) -> None:
+    # The inter-token latency moved to LoopHistogram (issue 14): /metrics must not tell the difference.
+    bounds = (0.001, 0.005, 0.02, 1.0, 5.0)
+    theirs_registry, ours_registry = CollectorRegistry(), CollectorRegistry()
+    theirs = Histogram("x:latency_seconds", "doc", buckets=bounds, registry=theirs_registry)
+    ours = LoopHistogram("x:latency_seconds", "doc", bounds)
+    ours_registry.register(ours)
+    for value in values:
+        theirs.observe(value)
+    for value in set(values):
+        ours.observe(value, values.count(value))
+
+    def samples(registry: CollectorRegistry) -> list[tuple[str, str, float]]:
+        text = generate_latest(registry).decode()
+        return sorted(
+            (s.name, str(sorted(s.labels.items())), s.value)
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if not s.name.endswith("_created")
+        )
+
+    assert samples(ours_registry) == samples(theirs_registry)

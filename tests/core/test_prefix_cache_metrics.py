@@ -33,3 +33,11 @@ async def test_a_repeated_prompt_is_found_in_the_engines_prefix_cache(real_engin
     assert metric(middle, hits) == metric(before, hits)
     assert metric(after, queries) - metric(middle, queries) == prompt_tokens
     assert prompt_tokens - 64 <= metric(after, hits) - metric(middle, hits) < prompt_tokens
+
+
+async def test_vllm_observes_no_metrics_that_the_gateway_does_not_serve(real_engine: VLLMEngine) -> None:
+    # Issue 14: vLLM's own Prometheus logger observed every token's latency into a registry the
+    # gateway never serves; the gateway's stats tap stands in for it (and still feeds /metrics, above).
+    names = [type(logger).__name__ for logger in real_engine.vllm_client.logger_manager.stat_loggers]
+    assert "StatsTap" in names
+    assert "PrometheusStatLogger" not in names
