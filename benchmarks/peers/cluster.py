@@ -61,7 +61,15 @@ def replicas(
     with contextlib.ExitStack() as stack:
         redis_port = free_port()
         stack.enter_context(
-            running("redis", redis_command(redis_port), redis_port, directory, env, 30, lambda _: port_open(redis_port))
+            running(
+                "redis",
+                redis_command(redis_port),
+                redis_port,
+                directory,
+                env,
+                30,
+                ready=lambda _: port_open(redis_port),
+            )
         )
         store = ["--session-store", f"redis://127.0.0.1:{redis_port}", "--session-secret", SECRET]
         cores = os.cpu_count() or 1
