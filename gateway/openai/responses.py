@@ -1,0 +1,231 @@
+"""The Responses API: `POST /v1/responses`, and `GET`/`DELETE` of a stored response and its input items.
+
+A request's stored chain (`previous_response_id`) or conversation, then its
+new input, become chat messages, rendered by the chat route's frontend (the
+same renderer, sampling and parsers) and run by `Core.run` (the same
+admission, completion states, metrics and log line). The answer is stored
+when the generation succeeds, before the response ends, so a client that
+continues as soon as it has its answer always finds it, on any replica.
+
+A chain longer than the model's context is cut for the engine at a turn (a
+user message), oldest turns first, as `/chat_stream` trims; what is stored
+stays whole. With `truncation: "disabled"` it is a 400 instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.core import Core, GenerationRequest, Outcome
+from gateway.core.completion import CompletionState
+from gateway.core.errors import BadChatRequest, GatewayError, PromptTooLong
+from gateway.http.auth import PRINCIPAL_STATE
+from gateway.http.limits import read_body
+from gateway.openai.bodies import parse
+from gateway.openai.format import dumps
+from gateway.openai.frontend import Frontend, Prepared
+from gateway.openai.response_items import chat_messages, input_items, item_list, new_id, turn_starts
+from gateway.openai.response_store import ResponseStore
+from gateway.openai.responses_format import ResponsesFormat
+from gateway.openai.responses_request import PARAM_NAMES, ResponsesRequest, chat_body, response_tools
+from gateway.openai.routes import ERRORS, GenerationResponse, OpenAIRoutes, generation_request
+
+logger = logging.getLogger(__name__)
+
+RESPONSES_ROUTE = "v1/responses"
+
+
+def owner_of(request: Request) -> str:
+    """Whose records a request may see: its API key's user, or `anonymous` when the gateway has no keys."""
+    principal = request.scope.get("state", {}).get(PRINCIPAL_STATE)
+    return "anonymous" if principal is None else str(principal.user)
+
+
+class ResponsesRoutes:
+    """Creates, reads and deletes responses; the generation itself runs on the core."""
+
+    def __init__(self, routes: OpenAIRoutes, store: ResponseStore) -> None:
+        self.routes = routes
+        self.core: Core = routes.core
+        self.store = store
+
+    async def create(self, request: Request) -> Response:
+        arrived_at = time.monotonic()
+        owner = owner_of(request)
+        try:
+            body = await read_body(request, self.core.config.max_body_bytes)
+            req = parse(ResponsesRequest, body)
+            req.check()
+            new_items = input_items(req.input)
+            conversation = req.conversation_id
+            history: list[dict[str, Any]] = []
+            if req.previous_response_id is not None:
+                history = await self.store.chain(req.previous_response_id, owner)
+            elif conversation is not None:
+                history = (await self.store.conversation(conversation, owner))["items"]
+            if not new_items and not history:
+                raise BadChatRequest("input must not be empty", param="input")
+            prepared = await self._prepare(await self.routes.frontend(), req, [*history, *new_items])
+        except GatewayError as err:
+            err.param = PARAM_NAMES.get(err.param or "", err.param)
+            return self.routes.refuse(RESPONSES_ROUTE, err)
+        except Exception:  # a bug: logged, and answered without its details
+            logger.exception("preparing a %s request failed", RESPONSES_ROUTE)
+            return self.routes.refuse(RESPONSES_ROUTE, GatewayError("the server failed to handle this request"))
+        gen = generation_request(prepared, RESPONSES_ROUTE, "resp", arrived_at)
+        fmt = ResponsesFormat(prepared.spec, prepared.prompts[0].token_ids, _response_head(req, gen, prepared))
+        on_end = self._recorder(fmt, req, owner, new_items, conversation)
+        return GenerationResponse(self.core, request, gen, fmt, on_end, self.routes.callback)
+
+    async def _prepare(self, frontend: Frontend, req: ResponsesRequest, items: list[dict[str, Any]]) -> Prepared:
+        """The chat request over `items`, cut at the oldest turns that leave no room for the answer."""
+        system = [{"role": "system", "content": req.instructions}] if req.instructions else []
+        messages = chat_messages(items)
+        room = req.max_output_tokens or 1
+        context = self.core.engine.max_model_len
+
+        async def attempt(start: int) -> Prepared:
+            prepared = await frontend.chat(dumps(chat_body(req, system + messages[start:], stream=req.stream)))
+            prompt = len(prepared.prompts[0].token_ids)
+            if prompt + room > context:
+                raise PromptTooLong(
+                    f"the conversation's newest turn takes {prompt} tokens, which leaves no room for "
+                    f"{room} more in the model's context of {context}",
+                    param="input",
+                )
+            return prepared
+
+        try:
+            return await attempt(0)
+        except PromptTooLong:
+            cuts = [i for i in turn_starts(messages) if i > 0]
+            if req.truncation == "disabled" or not cuts:
+                raise
+        # The earliest cut that fits (fitting only gets easier as the cut moves on): the newest turn
+        # alone must fit, then a binary search renders about log2(turns) windows.
+        best = await attempt(cuts[-1])
+        low, high = 0, len(cuts) - 1
+        while low < high:
+            mid = (low + high) // 2
+            try:
+                best, high = await attempt(cuts[mid]), mid
+            except PromptTooLong:
+                low = mid + 1
+        return best
+
+    def _recorder(
+        self,
+        fmt: ResponsesFormat,
+        req: ResponsesRequest,
+        owner: str,
+        new_items: list[dict[str, Any]],
+        conversation: str | None,
+    ) -> Callable[[Outcome], Awaitable[None]]:
+        async def record(outcome: Outcome) -> None:
+            final = fmt.final
+            if outcome.state is not CompletionState.SUCCESS or final is None:
+                return  # a failed or abandoned answer continues nothing
+            if req.store:
+                await self.store.save_response(final, owner, new_items, req.previous_response_id)
+            if conversation is not None:
+                await self.store.append(conversation, owner, [*new_items, *final["output"]])
+
+        return record
+
+    async def get(self, request: Request, response_id: str) -> Response:
+        try:
+            record = await self.store.response(response_id, owner_of(request))
+        except GatewayError as err:
+            return self.routes.refuse("v1/responses/{id}", err)
+        return JSONResponse(record["response"])
+
+    async def delete(self, request: Request, response_id: str) -> Response:
+        try:
+            await self.store.delete_response(response_id, owner_of(request))
+        except GatewayError as err:
+            return self.routes.refuse("v1/responses/{id}", err)
+        return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+
+    async def input_items(self, request: Request, response_id: str) -> Response:
+        try:
+            record = await self.store.response(response_id, owner_of(request))
+            page = item_list(record["input"], request.query_params)
+        except GatewayError as err:
+            return self.routes.refuse("v1/responses/{id}/input_items", err)
+        return JSONResponse(page)
+
+    async def cancel(self, request: Request, response_id: str) -> Response:
+        try:
+            await self.store.response(response_id, owner_of(request))
+            raise BadChatRequest("only background responses can be cancelled, and this server runs none")
+        except GatewayError as err:
+            return self.routes.refuse("v1/responses/{id}/cancel", err)
+
+
+def _response_head(req: ResponsesRequest, gen: GenerationRequest, prepared: Prepared) -> dict[str, Any]:
+    """The response object's fields that the request decides (the answer adds output, status and usage)."""
+    head: dict[str, Any] = {
+        "id": new_id("resp"),
+        "object": "response",
+        "created_at": gen.created,
+        "status": "in_progress",
+        "background": False,
+        "completed_at": None,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": req.instructions,
+        "max_output_tokens": req.max_output_tokens,
+        "model": prepared.spec.model,
+        "output": [],
+        "parallel_tool_calls": True if req.parallel_tool_calls is None else req.parallel_tool_calls,
+        "previous_response_id": req.previous_response_id,
+        "reasoning": None,
+        "store": req.store,
+        "temperature": req.temperature,
+        "text": {"format": req.text_format},
+        "tool_choice": "auto" if req.tool_choice is None else req.tool_choice,
+        "tools": response_tools(req),
+        "top_p": req.top_p,
+        "truncation": req.truncation or "auto",
+        "metadata": req.metadata or {},
+    }
+    if req.user is not None:
+        head["user"] = req.user
+    if req.conversation_id is not None:
+        head["conversation"] = {"id": req.conversation_id}
+    return head
+
+
+def add_responses_routes(app: FastAPI, routes: OpenAIRoutes, store: ResponseStore) -> ResponsesRoutes:
+    """Mount `/v1/responses` and its stored-response routes on `app`."""
+    responses = ResponsesRoutes(routes, store)
+    router = APIRouter(responses=ERRORS)
+
+    @router.post("/v1/responses", response_model=None)
+    async def create(request: Request) -> Response:
+        return await responses.create(request)
+
+    @router.get("/v1/responses/{response_id}", response_model=None)
+    async def get(request: Request, response_id: str) -> Response:
+        return await responses.get(request, response_id)
+
+    @router.delete("/v1/responses/{response_id}", response_model=None)
+    async def delete(request: Request, response_id: str) -> Response:
+        return await responses.delete(request, response_id)
+
+    @router.get("/v1/responses/{response_id}/input_items", response_model=None)
+    async def input_items(request: Request, response_id: str) -> Response:
+        return await responses.input_items(request, response_id)
+
+    @router.post("/v1/responses/{response_id}/cancel", response_model=None)
+    async def cancel(request: Request, response_id: str) -> Response:
+        return await responses.cancel(request, response_id)
+
+    app.include_router(router)
+    return responses
