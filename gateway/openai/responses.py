@@ -7,9 +7,8 @@ admission, completion states, metrics and log line). The answer is stored
 when the generation succeeds, before the response ends, so a client that
 continues as soon as it has its answer always finds it, on any replica.
 
-A chain longer than the model's context is cut for the engine at a turn (a
-user message), oldest turns first, as `/chat_stream` trims; what is stored
-stays whole. With `truncation: "disabled"` it is a 400 instead.
+A chain longer than the model's context is cut for the engine at a turn,
+oldest turns first (chain_window.py); what is stored stays whole.
 """
 
 from __future__ import annotations
@@ -24,16 +23,16 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.core import Core, GenerationRequest, Outcome
 from gateway.core.completion import CompletionState
-from gateway.core.errors import BadChatRequest, GatewayError, PromptTooLong
+from gateway.core.errors import BadChatRequest, GatewayError
 from gateway.http.auth import PRINCIPAL_STATE
 from gateway.http.limits import read_body
 from gateway.openai.bodies import parse
-from gateway.openai.format import dumps
-from gateway.openai.frontend import Frontend, Prepared
-from gateway.openai.response_items import chat_messages, input_items, item_list, new_id, turn_starts
+from gateway.openai.chain_window import prepare_window
+from gateway.openai.frontend import Prepared
+from gateway.openai.response_items import input_items, item_list, new_id
 from gateway.openai.response_store import ResponseStore
 from gateway.openai.responses_format import ResponsesFormat
-from gateway.openai.responses_request import PARAM_NAMES, ResponsesRequest, chat_body, response_tools
+from gateway.openai.responses_request import PARAM_NAMES, ResponsesRequest, response_tools
 from gateway.openai.routes import ERRORS, GenerationResponse, OpenAIRoutes, generation_request
 
 logger = logging.getLogger(__name__)
@@ -71,7 +70,9 @@ class ResponsesRoutes:
                 history = (await self.store.conversation(conversation, owner))["items"]
             if not new_items and not history:
                 raise BadChatRequest("input must not be empty", param="input")
-            prepared = await self._prepare(await self.routes.frontend(), req, [*history, *new_items])
+            frontend = await self.routes.frontend()
+            items = [*history, *new_items]
+            prepared = await prepare_window(frontend, req, items, self.core.engine.max_model_len)
         except GatewayError as err:
             err.param = PARAM_NAMES.get(err.param or "", err.param)
             return self.routes.refuse(RESPONSES_ROUTE, err)
@@ -82,42 +83,6 @@ class ResponsesRoutes:
         fmt = ResponsesFormat(prepared.spec, prepared.prompts[0].token_ids, _response_head(req, gen, prepared))
         on_end = self._recorder(fmt, req, owner, new_items, conversation)
         return GenerationResponse(self.core, request, gen, fmt, on_end, self.routes.callback)
-
-    async def _prepare(self, frontend: Frontend, req: ResponsesRequest, items: list[dict[str, Any]]) -> Prepared:
-        """The chat request over `items`, cut at the oldest turns that leave no room for the answer."""
-        system = [{"role": "system", "content": req.instructions}] if req.instructions else []
-        messages = chat_messages(items)
-        room = req.max_output_tokens or 1
-        context = self.core.engine.max_model_len
-
-        async def attempt(start: int) -> Prepared:
-            prepared = await frontend.chat(dumps(chat_body(req, system + messages[start:], stream=req.stream)))
-            prompt = len(prepared.prompts[0].token_ids)
-            if prompt + room > context:
-                raise PromptTooLong(
-                    f"the conversation's newest turn takes {prompt} tokens, which leaves no room for "
-                    f"{room} more in the model's context of {context}",
-                    param="input",
-                )
-            return prepared
-
-        try:
-            return await attempt(0)
-        except PromptTooLong:
-            cuts = [i for i in turn_starts(messages) if i > 0]
-            if req.truncation == "disabled" or not cuts:
-                raise
-        # The earliest cut that fits (fitting only gets easier as the cut moves on): the newest turn
-        # alone must fit, then a binary search renders about log2(turns) windows.
-        best = await attempt(cuts[-1])
-        low, high = 0, len(cuts) - 1
-        while low < high:
-            mid = (low + high) // 2
-            try:
-                best, high = await attempt(cuts[mid]), mid
-            except PromptTooLong:
-                low = mid + 1
-        return best
 
     def _recorder(
         self,

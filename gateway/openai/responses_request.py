@@ -63,6 +63,8 @@ class ResponsesRequest(BaseModel):
     truncation: Literal["auto", "disabled"] | None = None
     reasoning: dict[str, Any] | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    # vLLM's extension, as on the chat route (`extra_body`): the same seed, the same answer.
+    seed: int | None = None
 
     @field_validator("metadata")
     @classmethod
@@ -120,6 +122,7 @@ def chat_body(request: ResponsesRequest, messages: list[dict[str, Any]], *, stre
         "top_p": request.top_p,
         "parallel_tool_calls": request.parallel_tool_calls,
         "user": request.user,
+        "seed": request.seed,
     }
     body.update((key, value) for key, value in optional.items() if value is not None)
     if request.tools:

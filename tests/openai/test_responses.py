@@ -255,3 +255,9 @@ async def test_cancel_is_refused_for_a_response_that_is_not_in_the_background(al
     response = await respond(alice, input="hi")
     assert "background" in error_of(await alice.post(f"/v1/responses/{response['id']}/cancel"), 400)["message"]
     error_of(await alice.post("/v1/responses/resp_unknown/cancel"), 404)
+
+
+async def test_sampling_fields_reach_the_engine(alice: httpx.AsyncClient, fake_engine: FakeEngine) -> None:
+    await respond(alice, input="hi", temperature=0.5, top_p=0.9, seed=7, max_output_tokens=5)
+    options = fake_engine.options[-1]
+    assert (options.temperature, options.top_p, options.seed, options.max_tokens) == (0.5, 0.9, 7, 5)
