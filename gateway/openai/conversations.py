@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import JSONResponse, Response
 
@@ -22,7 +22,7 @@ from gateway.openai.response_items import input_items, item_list, new_id
 from gateway.openai.response_store import ResponseStore
 from gateway.openai.responses import owner_of
 from gateway.openai.responses_request import check_metadata
-from gateway.openai.routes import ERRORS, OpenAIRoutes
+from gateway.openai.routes import OpenAIRoutes, mount
 
 ROUTE = "v1/conversations"
 
@@ -137,40 +137,19 @@ def _find(items: list[dict[str, Any]], item_id: str) -> dict[str, Any]:
 def add_conversation_routes(app: FastAPI, routes: OpenAIRoutes, store: ResponseStore) -> ConversationRoutes:
     """Mount `/v1/conversations` and its item routes on `app`."""
     conversations = ConversationRoutes(routes, store)
-    router = APIRouter(responses=ERRORS)
     path, item_path = "/v1/conversations/{conversation_id}", "/v1/conversations/{conversation_id}/items"
 
-    @router.post("/v1/conversations", response_model=None)
-    async def create(request: Request) -> Response:
-        return await conversations.create(request)
-
-    @router.get(path, response_model=None)
-    async def get(request: Request, conversation_id: str) -> Response:
-        return await conversations.get(request, conversation_id)
-
-    @router.post(path, response_model=None)
-    async def update(request: Request, conversation_id: str) -> Response:
-        return await conversations.update(request, conversation_id)
-
-    @router.delete(path, response_model=None)
-    async def delete(request: Request, conversation_id: str) -> Response:
-        return await conversations.delete(request, conversation_id)
-
-    @router.get(item_path, response_model=None)
-    async def list_items(request: Request, conversation_id: str) -> Response:
-        return await conversations.list_items(request, conversation_id)
-
-    @router.post(item_path, response_model=None)
-    async def add_items(request: Request, conversation_id: str) -> Response:
-        return await conversations.add_items(request, conversation_id)
-
-    @router.get(item_path + "/{item_id}", response_model=None)
-    async def get_item(request: Request, conversation_id: str, item_id: str) -> Response:
-        return await conversations.get_item(request, conversation_id, item_id)
-
-    @router.delete(item_path + "/{item_id}", response_model=None)
-    async def delete_item(request: Request, conversation_id: str, item_id: str) -> Response:
-        return await conversations.delete_item(request, conversation_id, item_id)
-
-    app.include_router(router)
+    mount(
+        app,
+        [
+            ("POST", "/v1/conversations", conversations.create),
+            ("GET", path, conversations.get),
+            ("POST", path, conversations.update),
+            ("DELETE", path, conversations.delete),
+            ("GET", item_path, conversations.list_items),
+            ("POST", item_path, conversations.add_items),
+            ("GET", item_path + "/{item_id}", conversations.get_item),
+            ("DELETE", item_path + "/{item_id}", conversations.delete_item),
+        ],
+    )
     return conversations

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.core import Core, GenerationRequest, Outcome
@@ -33,7 +33,7 @@ from gateway.openai.response_items import input_items, item_list, new_id
 from gateway.openai.response_store import ResponseStore
 from gateway.openai.responses_format import ResponsesFormat
 from gateway.openai.responses_request import PARAM_NAMES, ResponsesRequest, response_tools
-from gateway.openai.routes import ERRORS, GenerationResponse, OpenAIRoutes, generation_request
+from gateway.openai.routes import GenerationResponse, OpenAIRoutes, generation_request, mount
 
 logger = logging.getLogger(__name__)
 
@@ -170,27 +170,16 @@ def _response_head(req: ResponsesRequest, gen: GenerationRequest, prepared: Prep
 def add_responses_routes(app: FastAPI, routes: OpenAIRoutes, store: ResponseStore) -> ResponsesRoutes:
     """Mount `/v1/responses` and its stored-response routes on `app`."""
     responses = ResponsesRoutes(routes, store)
-    router = APIRouter(responses=ERRORS)
 
-    @router.post("/v1/responses", response_model=None)
-    async def create(request: Request) -> Response:
-        return await responses.create(request)
-
-    @router.get("/v1/responses/{response_id}", response_model=None)
-    async def get(request: Request, response_id: str) -> Response:
-        return await responses.get(request, response_id)
-
-    @router.delete("/v1/responses/{response_id}", response_model=None)
-    async def delete(request: Request, response_id: str) -> Response:
-        return await responses.delete(request, response_id)
-
-    @router.get("/v1/responses/{response_id}/input_items", response_model=None)
-    async def input_items(request: Request, response_id: str) -> Response:
-        return await responses.input_items(request, response_id)
-
-    @router.post("/v1/responses/{response_id}/cancel", response_model=None)
-    async def cancel(request: Request, response_id: str) -> Response:
-        return await responses.cancel(request, response_id)
-
-    app.include_router(router)
+    one = "/v1/responses/{response_id}"
+    mount(
+        app,
+        [
+            ("POST", "/v1/responses", responses.create),
+            ("GET", one, responses.get),
+            ("DELETE", one, responses.delete),
+            ("GET", one + "/input_items", responses.input_items),
+            ("POST", one + "/cancel", responses.cancel),
+        ],
+    )
     return responses

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -188,6 +189,17 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (503, "engine unavailable, draining, or queue wait timed out"),
     ]
 }
+
+
+Endpoint = Callable[..., Awaitable[Response]]
+
+
+def mount(app: FastAPI, endpoints: Sequence[tuple[str, str, Endpoint]]) -> None:
+    """Mount (method, path, endpoint) routes on `app`, each answering OpenAI's error shapes (in the docs too)."""
+    router = APIRouter(responses=ERRORS)
+    for method, path, endpoint in endpoints:
+        router.add_api_route(path, endpoint, methods=[method], response_model=None)
+    app.include_router(router)
 
 
 def add_openai_routes(app: FastAPI, core: Core, callback: CompletionCallback | None) -> OpenAIRoutes:

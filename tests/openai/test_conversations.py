@@ -6,40 +6,13 @@ Every conversation object and item list is checked against OpenAI's published sc
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.fakes import FakeEngine
-from tests.gateway_app import Gateway, running_gateway
-from tests.openai.test_responses import ANSWER, KEYS, error_of, respond
+from tests.openai.test_responses import ANSWER, error_of, respond
 from tests.openai_spec import validate
-
-
-@pytest.fixture
-async def gateway(fake_engine: FakeEngine, tmp_path: Any) -> AsyncIterator[Gateway]:
-    keys = tmp_path / "keys"
-    keys.write_text("".join(f"{key} {user}\n" for key, user in KEYS.items()))
-    async with running_gateway(fake_engine, keys_file=keys) as gw:
-        yield gw
-
-
-def client_for(gateway: Gateway, key: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=gateway.url, timeout=30, headers={"Authorization": f"Bearer {key}"})
-
-
-@pytest.fixture
-async def alice(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
-    async with client_for(gateway, "key-alice") as c:
-        yield c
-
-
-@pytest.fixture
-async def bob(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
-    async with client_for(gateway, "key-bob") as c:
-        yield c
 
 
 async def items_of(client: httpx.AsyncClient, conversation_id: str) -> list[dict[str, Any]]:

@@ -8,7 +8,6 @@ replicas sharing Redis are in test_responses_replicas.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -16,33 +15,10 @@ import pytest
 
 from gateway import CompletionState
 from tests.fakes import FakeEngine
-from tests.gateway_app import Gateway, running_gateway
+from tests.gateway_app import Gateway
 from tests.openai_spec import validate, validate_responses_sse
 
 ANSWER = "Hello from the fake engine."
-KEYS = {"key-alice": "alice", "key-bob": "bob"}
-
-
-@pytest.fixture
-async def gateway(fake_engine: FakeEngine, tmp_path: Any) -> AsyncIterator[Gateway]:
-    keys = tmp_path / "keys"
-    keys.write_text("".join(f"{key} {user}\n" for key, user in KEYS.items()))
-    async with running_gateway(fake_engine, keys_file=keys) as gw:
-        yield gw
-
-
-@pytest.fixture
-async def alice(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": "Bearer key-alice"}
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=30, headers=headers) as c:
-        yield c
-
-
-@pytest.fixture
-async def bob(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": "Bearer key-bob"}
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=30, headers=headers) as c:
-        yield c
 
 
 async def respond(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
@@ -65,7 +41,7 @@ def error_of(r: httpx.Response, status: int) -> dict[str, Any]:
 
 
 async def test_a_string_input_is_answered_with_a_completed_response(
-    alice: httpx.AsyncClient, fake_engine: FakeEngine, gateway: Gateway
+    alice: httpx.AsyncClient, fake_engine: FakeEngine, keyed_gateway: Gateway
 ) -> None:
     response = await respond(alice, input="hi", instructions="Be brief.", metadata={"k": "v"})
     assert response["status"] == "completed" and response["object"] == "response"
@@ -75,7 +51,7 @@ async def test_a_string_input_is_answered_with_a_completed_response(
     assert response["usage"]["output_tokens"] == len(ANSWER)
     assert fake_engine.prompt_text() == "<system>Be brief.</system><user>hi</user><assistant>"
     assert response["id"].startswith("resp_") and len(response["id"]) > 30
-    assert await gateway.wait_states(1) == [CompletionState.SUCCESS]
+    assert await keyed_gateway.wait_states(1) == [CompletionState.SUCCESS]
 
 
 async def test_previous_response_id_continues_the_stored_chain_without_its_instructions(
