@@ -6,13 +6,18 @@ Every conversation object and item list is checked against OpenAI's published sc
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from gateway.sessions import RedisStore
 from tests.fakes import FakeEngine
+from tests.gateway_app import running_gateway
 from tests.openai.test_responses import ANSWER, error_of, respond
 from tests.openai_spec import validate
+from tests.servers import RedisServer
 
 
 async def items_of(client: httpx.AsyncClient, conversation_id: str) -> list[dict[str, Any]]:
@@ -98,11 +103,42 @@ async def test_two_responses_on_one_conversation_append_whole_turns_in_order(
     conversation = (await alice.post("/v1/conversations", json={})).json()
     fake_engine.token_delay = 0.001
     await asyncio.gather(*(respond(alice, input=f"q{i}", conversation=conversation["id"]) for i in range(4)))
-    items = texts(await items_of(alice, conversation["id"]))
-    assert len(items) == 8
+    assert_whole_turns(texts(await items_of(alice, conversation["id"])), 4)
+
+
+def assert_whole_turns(items: list[str], turns: int) -> None:
+    assert len(items) == 2 * turns
     # Each response's input and output stay together, whatever order the responses ended in.
-    assert all(items[i].startswith("q") and items[i + 1] == ANSWER for i in range(0, 8, 2))
-    assert sorted(items[0::2]) == ["q0", "q1", "q2", "q3"]
+    assert all(items[i].startswith("q") and items[i + 1] == ANSWER for i in range(0, 2 * turns, 2))
+    assert sorted(items[0::2]) == [f"q{i}" for i in range(turns)]
+
+
+async def test_concurrent_appends_through_two_gateways_on_redis_never_interleave(
+    fake_engine: FakeEngine, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # On Redis every read and write yields to the loop: without the store's lock, two appends that
+    # read the same items would each write their own list, and one response's turn would be lost.
+    keys = tmp_path / "keys"
+    keys.write_text("key-alice alice\n")
+    headers = {"Authorization": "Bearer key-alice"}
+    async with AsyncExitStack() as stack:
+        urls = []
+        for _ in range(2):
+            store = RedisStore.from_url(redis_server.url, prefix=f"conv-test-{tmp_path.name}:")
+            stack.push_async_callback(store.close)
+            urls.append(
+                (await stack.enter_async_context(running_gateway(fake_engine, store=store, keys_file=keys))).url
+            )
+        clients = [
+            await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=30, headers=headers))
+            for url in urls
+        ]
+        conversation = (await clients[0].post("/v1/conversations", json={})).json()
+        fake_engine.token_delay = 0.001
+        await asyncio.gather(
+            *(respond(clients[i % 2], input=f"q{i}", conversation=conversation["id"]) for i in range(6))
+        )
+        assert_whole_turns(texts(await items_of(clients[1], conversation["id"])), 6)
 
 
 async def test_bad_conversation_bodies_are_400s(alice: httpx.AsyncClient) -> None:

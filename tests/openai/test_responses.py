@@ -237,3 +237,16 @@ async def test_sampling_fields_reach_the_engine(alice: httpx.AsyncClient, fake_e
     await respond(alice, input="hi", temperature=0.5, top_p=0.9, seed=7, max_output_tokens=5)
     options = fake_engine.options[-1]
     assert (options.temperature, options.top_p, options.seed, options.max_tokens) == (0.5, 0.9, 7, 5)
+
+
+async def test_an_engine_failure_mid_stream_ends_it_with_response_failed_and_stores_nothing(
+    alice: httpx.AsyncClient, fake_engine: FakeEngine, keyed_gateway: Gateway
+) -> None:
+    fake_engine.fail_after_tokens = 3
+    r = await alice.post("/v1/responses", json={"input": "hi", "stream": True})
+    events = validate_responses_sse(r.text)
+    assert events[-1]["type"] == "response.failed"
+    failed = events[-1]["response"]
+    assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
+    assert await keyed_gateway.wait_states(1) == [CompletionState.UNKNOWN_ERROR_OCCURRED]
+    error_of(await alice.get(f"/v1/responses/{failed['id']}"), 404)
