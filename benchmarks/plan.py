@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 SWEEP_TARGETS = ("engine", "gateway-chat_stream", "gateway-openai", "vllm-server", "original")
 
 
@@ -72,6 +72,10 @@ class Plan:
     routing_slots: int = 4
     routing_queue: int = 4
     routing_failover_turns: int = 8
+    # scenario 10: chains through the Responses API's previous_response_id, one after the other
+    chain_count: int = 4
+    chain_turns: int = 20
+    chain_tokens: int = 32
     profile: bool = True
     # A checkout of another gateway version (e.g. `git worktree add /tmp/main main`) that scenarios 2 and 8
     # also measure, in the same run: the figure to compare with (first-come-first-served admission).
@@ -128,6 +132,9 @@ def quick_plan(model: str, out: Path, scenarios: tuple[int, ...] = SCENARIOS) ->
         routing_slots=2,
         routing_queue=2,
         routing_failover_turns=4,
+        chain_count=1,
+        chain_turns=3,
+        chain_tokens=8,
         profile=False,
     )
 

@@ -32,7 +32,7 @@ from gateway.http.identity import identify_by
 from gateway.http.keys import read_keys_file, shorthand_keys
 from gateway.http.page import add_cors, add_page
 from gateway.http.replica import ReplicaHeaders
-from gateway.openai import add_openai_routes
+from gateway.openai import ResponseStore, add_conversation_routes, add_openai_routes, add_responses_routes
 from gateway.openai.format import openai_error_body
 from gateway.sessions import MemoryStore, RedisStore, SessionCookie, SessionMiddleware, SessionStore
 from gateway.settings import Config, Settings
@@ -205,6 +205,9 @@ def create_app(
         return Response(core.metrics.render(), media_type=CONTENT_TYPE)
 
     openai_routes = add_openai_routes(app, core, callback)
+    response_store = ResponseStore(store)
+    add_responses_routes(app, openai_routes, response_store)
+    add_conversation_routes(app, openai_routes, response_store)
     if keys is not None:
         if keys.has_admin:
             add_admin_routes(app, core.admission)

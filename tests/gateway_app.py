@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
 
 from gateway import CompletionState, Engine, Settings, create_app
+from gateway.sessions import SessionStore
 from tests.live import Handled, serve
 
 
@@ -34,18 +35,19 @@ class Gateway:
 
 @asynccontextmanager
 async def running_gateway(
-    engine: Engine, *, lifespan: Literal["on", "off"] = "on", **settings: Any
+    engine: Engine, *, lifespan: Literal["on", "off"] = "on", store: SessionStore | None = None, **settings: Any
 ) -> AsyncIterator[Gateway]:
     """`create_app` over `engine` with these Settings fields, served until the block ends.
 
-    Use `lifespan="off"` with the shared real engine: the app's lifespan would stop it.
+    Use `lifespan="off"` with the shared real engine: the app's lifespan would stop it
+    (and then close a given `store` yourself).
     """
     states: list[CompletionState] = []
 
     def record(request: Request, state: CompletionState) -> None:
         states.append(state)
 
-    app = create_app(Settings(**{"secure_cookies": False, **settings}), engine=engine, callback=record)
+    app = create_app(Settings(**{"secure_cookies": False, **settings}), engine=engine, callback=record, store=store)
     handled = Handled(app)
     async with serve(handled, lifespan=lifespan) as url:
         yield Gateway(url, app, handled, states)

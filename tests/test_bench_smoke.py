@@ -19,7 +19,7 @@ import pytest
 
 from benchmarks.report import PLOTS
 
-SCENARIOS = ("1", "2", "3", "4", "5", "6", "7", "8", "9")
+SCENARIOS = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10")
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +113,9 @@ def test_fairness_accounts_for_every_light_request(results: dict[str, Any]) -> N
         assert light["requests"] == light["completed"] + sum(light["refused_by_status"].values()) + light["errors"]
         assert light["completed"] > 0
     assert fair["light_ttft_p99_ratio"] is not None
+
+
+def test_the_responses_chain_renders_the_stored_chain_every_turn(results: dict[str, Any]) -> None:
+    chain = results["scenarios"]["10"]["zero_cost_engine"]
+    prompts = [chain["prompt_tokens_by_turn"][str(turn)] for turn in range(1, chain["turns"] + 1)]
+    assert prompts == sorted(set(prompts)), prompts  # each turn's prompt holds every turn before it

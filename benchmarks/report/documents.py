@@ -55,6 +55,15 @@ def _turn_rows(multi_turn: Result) -> list[list[str]]:
     ]
 
 
+def _chain_rows(chain: Result) -> list[list[str]]:
+    return [
+        [key.replace("_", " "), turn, fmt(data["prompt_tokens_by_turn"][turn], 0), fmt(ttft, 1)]
+        for key, data in chain.items()
+        if isinstance(data, dict) and "ttft_ms_by_turn" in data
+        for turn, ttft in data["ttft_ms_by_turn"].items()
+    ]
+
+
 def _fair_rows(fairness: Result) -> list[list[str]]:
     rows = []
     for name, label in (("fair", "this gateway"), ("baseline", f"baseline ({fairness.get('baseline_source')})")):
@@ -100,6 +109,7 @@ def markdown(result: Result, plots: list[str]) -> str:
             frontend_columns=FRONTEND_COLUMNS,
             frontend=frontend_rows(scenarios.get("7", {})),
             fair_rows=_fair_rows(scenarios.get("8", {})),
+            chain_rows=_chain_rows(scenarios.get("10", {})),
             profile_rows=[[f"`{e['function']}`", f"{e['share']:.1%}"] for e in profile.get("top_self", [])],
         )
     )

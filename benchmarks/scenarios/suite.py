@@ -17,6 +17,7 @@ from benchmarks.scenarios import (
     memory,
     multi_turn,
     overload,
+    responses_chain,
     routing,
 )
 from benchmarks.scenarios.checks import Check
@@ -35,6 +36,7 @@ SCENARIOS: dict[int, Callable[[Context], Awaitable[None]]] = {
     7: frontend.run,
     8: fairness.run,
     9: routing.run,
+    10: responses_chain.run,
 }
 
 

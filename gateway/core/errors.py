@@ -27,6 +27,12 @@ class BadChatRequest(GatewayError):
     status, type = 400, "invalid_request"
 
 
+class PromptTooLong(BadChatRequest):
+    """The prompt leaves no room for an answer in the model's context (a stored chain trims and retries)."""
+
+    type = "prompt_too_long"
+
+
 class InvalidBody(GatewayError):
     status, type = 422, "invalid_body"
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.core.engine import EngineDead, EngineOutput, EngineStats, FinishReason, SamplingOptions
-from gateway.core.errors import BadChatRequest
+from gateway.core.errors import BadChatRequest, PromptTooLong
 from prompts import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -263,7 +263,9 @@ def refusal(exc: BaseException) -> BadChatRequest | None:
 
     if isinstance(exc, VLLMClientError):
         message = str(exc.args[0]) if exc.args else "the request is not valid"  # without vLLM's "(parameter=...)"
-        return BadChatRequest(sanitize_message(message), param=getattr(exc, "parameter", None))
+        param = getattr(exc, "parameter", None)
+        cls = PromptTooLong if param in ("input_tokens", "input_text") else BadChatRequest
+        return cls(sanitize_message(message), param=param)
     # vLLM's server answers these with a 400 too: its checks still raise plain ValueErrors, and a
     # chat template refuses a conversation with jinja2's TemplateError.
     if isinstance(exc, (ValueError, TypeError, OverflowError)) or any(

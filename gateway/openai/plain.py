@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.core import Engine, SamplingOptions
-from gateway.core.errors import BadChatRequest, ModelNotFound
+from gateway.core.errors import BadChatRequest, ModelNotFound, PromptTooLong
 from gateway.openai.bodies import parse
 from gateway.openai.frontend import AnswerSpec, Prepared, Prompt
 from gateway.openai.schema import ChatCompletionRequest, CompletionRequest, SamplingFields
@@ -69,14 +69,14 @@ class PlainFrontend:
         context = self.engine.max_model_len
         room = context - len(ids)
         if not ids or room < 1:
-            raise BadChatRequest(
+            raise (PromptTooLong if ids else BadChatRequest)(
                 f"the prompt has {len(ids)} tokens; it must have between 1 and {context - 1} "
                 f"(the model's context is {context} tokens)",
                 param=param,
             )
         max_tokens = request.token_limit or min(room, ceiling or room)
         if max_tokens > room:
-            raise BadChatRequest(
+            raise PromptTooLong(
                 f"{limit_param}={max_tokens} does not fit: the prompt has {len(ids)} tokens and the model's "
                 f"context is {context}",
                 param=limit_param,

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -23,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.core import CompletionCallback, Core, GenerationRequest, Outcome
 from gateway.core.errors import EngineUnavailable, GatewayError
+from gateway.core.runner import OnEnd, StreamFormat
 from gateway.http.limits import read_body
 from gateway.openai.chat_format import ChatFormat
 from gateway.openai.completion_format import CompletionFormat
@@ -40,7 +42,7 @@ async def _record_nothing(outcome: Outcome) -> None:
     """The OpenAI routes are stateless: there is no conversation to update."""
 
 
-class _GenerationResponse(Response):
+class GenerationResponse(Response):
     """Runs one generation when Starlette sends the response (so nothing is held before that)."""
 
     def __init__(
@@ -48,14 +50,16 @@ class _GenerationResponse(Response):
         core: Core,
         request: Request,
         gen: GenerationRequest,
-        fmt: ChatFormat | CompletionFormat,
+        fmt: StreamFormat,
+        on_end: OnEnd,
         callback: CompletionCallback | None,
     ) -> None:
         super().__init__()
         self.core, self.request, self.gen, self.fmt, self.callback = core, request, gen, fmt, callback
+        self.on_end = on_end
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.core.run(self.request, send, self.gen, self.fmt, _record_nothing, self.callback)
+        await self.core.run(self.request, send, self.gen, self.fmt, self.on_end, self.callback)
 
 
 class OpenAIRoutes:
@@ -104,13 +108,13 @@ class OpenAIRoutes:
         except Exception:  # a bug: logged, and answered without its details
             logger.exception("preparing a %s request failed", route)
             return self.refuse(route, GatewayError("the server failed to handle this request"))
-        gen = _generation_request(prepared, route, "chatcmpl" if chat else "cmpl", arrived_at)
+        gen = generation_request(prepared, route, "chatcmpl" if chat else "cmpl", arrived_at)
         fmt: ChatFormat | CompletionFormat
         if chat:
             fmt = ChatFormat(gen, prepared.spec, prepared.prompts[0])
         else:
             fmt = CompletionFormat(gen, prepared.spec, prepared.prompts)
-        return _GenerationResponse(self.core, request, gen, fmt, self.callback)
+        return GenerationResponse(self.core, request, gen, fmt, _record_nothing, self.callback)
 
     async def tokens(self, request: Request, route: str) -> Response:
         """`/tokenize` or `/detokenize`: vLLM's answers, no generation."""
@@ -144,7 +148,7 @@ class OpenAIRoutes:
         return JSONResponse({"object": "list", "data": cards})
 
 
-def _generation_request(prepared: Prepared, route: str, prefix: str, arrived_at: float) -> GenerationRequest:
+def generation_request(prepared: Prepared, route: str, prefix: str, arrived_at: float) -> GenerationRequest:
     first, *rest = prepared.prompts
     return GenerationRequest(
         request_id=f"{prefix}-{uuid.uuid4().hex}",
@@ -172,7 +176,7 @@ _TOKENIZE_DOC = _body([], {"model": {"type": "string"}, "prompt": {"type": "stri
 _DETOKENIZE_DOC = _body(
     ["tokens"], {"model": {"type": "string"}, "tokens": {"type": "array", "items": {"type": "integer"}}}
 )
-_ERRORS: dict[int | str, dict[str, Any]] = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": OpenAIErrorBody, "description": text}
     for status, text in [
         (400, "invalid request"),
@@ -187,10 +191,21 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+Endpoint = Callable[..., Awaitable[Response]]
+
+
+def mount(app: FastAPI, endpoints: Sequence[tuple[str, str, Endpoint]]) -> None:
+    """Mount (method, path, endpoint) routes on `app`, each answering OpenAI's error shapes (in the docs too)."""
+    router = APIRouter(responses=ERRORS)
+    for method, path, endpoint in endpoints:
+        router.add_api_route(path, endpoint, methods=[method], response_model=None)
+    app.include_router(router)
+
+
 def add_openai_routes(app: FastAPI, core: Core, callback: CompletionCallback | None) -> OpenAIRoutes:
     """Mount the OpenAI routes on `app`, every refusal spelled in OpenAI's error shape."""
     routes = OpenAIRoutes(core, callback)
-    router = APIRouter(responses=_ERRORS)
+    router = APIRouter(responses=ERRORS)
 
     @router.post("/v1/chat/completions", response_model=None, openapi_extra=_CHAT_DOC)
     async def chat_completions(request: Request) -> Response:

@@ -39,7 +39,7 @@ from vllm.renderers.chat_utils import load_chat_template
 from vllm.renderers.online_renderer import OnlineRenderer
 
 from gateway.core import SamplingOptions
-from gateway.core.errors import BadChatRequest, GatewayError, ModelNotFound
+from gateway.core.errors import BadChatRequest, GatewayError, ModelNotFound, PromptTooLong
 from gateway.core.vllm_engine import VLLMParams, refusal
 from gateway.openai.bodies import json_object, parse, warn_ignored
 from gateway.openai.frontend import AnswerSpec, Prepared, Prompt
@@ -290,8 +290,8 @@ class VLLMFrontend:
                     truncate_prompt_tokens=truncate,
                 )
             )
-        except ValueError as exc:
-            raise BadChatRequest(str(exc)) from None
+        except ValueError as exc:  # the prompt leaves no room for the answer asked for
+            raise PromptTooLong(str(exc)) from None
 
     def _sampling(self, build: Any) -> Any:
         try:

@@ -1,0 +1,185 @@
+"""The Responses API: `POST /v1/responses`, and `GET`/`DELETE` of a stored response and its input items.
+
+A request's stored chain (`previous_response_id`) or conversation, then its
+new input, become chat messages, rendered by the chat route's frontend (the
+same renderer, sampling and parsers) and run by `Core.run` (the same
+admission, completion states, metrics and log line). The answer is stored
+when the generation succeeds, before the response ends, so a client that
+continues as soon as it has its answer always finds it, on any replica.
+
+A chain longer than the model's context is cut for the engine at a turn,
+oldest turns first (chain_window.py); what is stored stays whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.core import Core, GenerationRequest, Outcome
+from gateway.core.completion import CompletionState
+from gateway.core.errors import BadChatRequest, GatewayError
+from gateway.http.auth import PRINCIPAL_STATE
+from gateway.http.limits import read_body
+from gateway.openai.bodies import parse
+from gateway.openai.chain_window import prepare_window
+from gateway.openai.frontend import Prepared
+from gateway.openai.response_items import input_items, item_list, new_id
+from gateway.openai.response_store import ResponseStore
+from gateway.openai.responses_format import ResponsesFormat
+from gateway.openai.responses_request import PARAM_NAMES, ResponsesRequest, response_tools
+from gateway.openai.routes import GenerationResponse, OpenAIRoutes, generation_request, mount
+
+logger = logging.getLogger(__name__)
+
+RESPONSES_ROUTE = "v1/responses"
+
+
+def owner_of(request: Request) -> str:
+    """Whose records a request may see: its API key's user, or `anonymous` when the gateway has no keys."""
+    principal = request.scope.get("state", {}).get(PRINCIPAL_STATE)
+    return "anonymous" if principal is None else str(principal.user)
+
+
+class ResponsesRoutes:
+    """Creates, reads and deletes responses; the generation itself runs on the core."""
+
+    def __init__(self, routes: OpenAIRoutes, store: ResponseStore) -> None:
+        self.routes = routes
+        self.core: Core = routes.core
+        self.store = store
+
+    async def create(self, request: Request) -> Response:
+        arrived_at = time.monotonic()
+        owner = owner_of(request)
+        try:
+            body = await read_body(request, self.core.config.max_body_bytes)
+            req = parse(ResponsesRequest, body)
+            req.check()
+            new_items = input_items(req.input)
+            conversation = req.conversation_id
+            history: list[dict[str, Any]] = []
+            if req.previous_response_id is not None:
+                history = await self.store.chain(req.previous_response_id, owner)
+            elif conversation is not None:
+                history = (await self.store.conversation(conversation, owner))["items"]
+            if not new_items and not history:
+                raise BadChatRequest("input must not be empty", param="input")
+            frontend = await self.routes.frontend()
+            items = [*history, *new_items]
+            prepared = await prepare_window(frontend, req, items, self.core.engine.max_model_len)
+        except GatewayError as err:
+            err.param = PARAM_NAMES.get(err.param or "", err.param)
+            return self.routes.refuse(RESPONSES_ROUTE, err)
+        except Exception:  # a bug: logged, and answered without its details
+            logger.exception("preparing a %s request failed", RESPONSES_ROUTE)
+            return self.routes.refuse(RESPONSES_ROUTE, GatewayError("the server failed to handle this request"))
+        gen = generation_request(prepared, RESPONSES_ROUTE, "resp", arrived_at)
+        fmt = ResponsesFormat(prepared.spec, prepared.prompts[0].token_ids, _response_head(req, gen, prepared))
+        on_end = self._recorder(fmt, req, owner, new_items, conversation)
+        return GenerationResponse(self.core, request, gen, fmt, on_end, self.routes.callback)
+
+    def _recorder(
+        self,
+        fmt: ResponsesFormat,
+        req: ResponsesRequest,
+        owner: str,
+        new_items: list[dict[str, Any]],
+        conversation: str | None,
+    ) -> Callable[[Outcome], Awaitable[None]]:
+        async def record(outcome: Outcome) -> None:
+            final = fmt.final
+            if outcome.state is not CompletionState.SUCCESS or final is None:
+                return  # a failed or abandoned answer continues nothing
+            if req.store:
+                await self.store.save_response(final, owner, new_items, req.previous_response_id)
+            if conversation is not None:
+                await self.store.append(conversation, owner, [*new_items, *final["output"]])
+
+        return record
+
+    async def get(self, request: Request, response_id: str) -> Response:
+        try:
+            record = await self.store.response(response_id, owner_of(request))
+        except GatewayError as err:
+            return self.routes.refuse("v1/responses/{id}", err)
+        return JSONResponse(record["response"])
+
+    async def delete(self, request: Request, response_id: str) -> Response:
+        try:
+            await self.store.delete_response(response_id, owner_of(request))
+        except GatewayError as err:
+            return self.routes.refuse("v1/responses/{id}", err)
+        return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+
+    async def input_items(self, request: Request, response_id: str) -> Response:
+        try:
+            record = await self.store.response(response_id, owner_of(request))
+            page = item_list(record["input"], request.query_params)
+        except GatewayError as err:
+            return self.routes.refuse("v1/responses/{id}/input_items", err)
+        return JSONResponse(page)
+
+    async def cancel(self, request: Request, response_id: str) -> Response:
+        try:
+            await self.store.response(response_id, owner_of(request))
+            raise BadChatRequest("only background responses can be cancelled, and this server runs none")
+        except GatewayError as err:
+            return self.routes.refuse("v1/responses/{id}/cancel", err)
+
+
+def _response_head(req: ResponsesRequest, gen: GenerationRequest, prepared: Prepared) -> dict[str, Any]:
+    """The response object's fields that the request decides (the answer adds output, status and usage)."""
+    head: dict[str, Any] = {
+        "id": new_id("resp"),
+        "object": "response",
+        "created_at": gen.created,
+        "status": "in_progress",
+        "background": False,
+        "completed_at": None,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": req.instructions,
+        "max_output_tokens": req.max_output_tokens,
+        "model": prepared.spec.model,
+        "output": [],
+        "parallel_tool_calls": True if req.parallel_tool_calls is None else req.parallel_tool_calls,
+        "previous_response_id": req.previous_response_id,
+        "reasoning": None,
+        "store": req.store,
+        "temperature": req.temperature,
+        "text": {"format": req.text_format},
+        "tool_choice": "auto" if req.tool_choice is None else req.tool_choice,
+        "tools": response_tools(req),
+        "top_p": req.top_p,
+        "truncation": req.truncation or "auto",
+        "metadata": req.metadata or {},
+    }
+    if req.user is not None:
+        head["user"] = req.user
+    if req.conversation_id is not None:
+        head["conversation"] = {"id": req.conversation_id}
+    return head
+
+
+def add_responses_routes(app: FastAPI, routes: OpenAIRoutes, store: ResponseStore) -> ResponsesRoutes:
+    """Mount `/v1/responses` and its stored-response routes on `app`."""
+    responses = ResponsesRoutes(routes, store)
+
+    one = "/v1/responses/{response_id}"
+    mount(
+        app,
+        [
+            ("POST", "/v1/responses", responses.create),
+            ("GET", one, responses.get),
+            ("DELETE", one, responses.delete),
+            ("GET", one + "/input_items", responses.input_items),
+            ("POST", one + "/cancel", responses.cancel),
+        ],
+    )
+    return responses

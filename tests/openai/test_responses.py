@@ -1,0 +1,252 @@
+"""The Responses API over the fake engine: storage, chains, ownership, errors and the event order.
+
+Every Response object, streamed event and item list is checked against OpenAI's published
+schemas (tests/openai_spec). The real engine, the official SDK's streaming helper and two
+replicas sharing Redis are in test_responses_replicas.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway import CompletionState
+from tests.fakes import FakeEngine
+from tests.gateway_app import Gateway
+from tests.openai_spec import validate, validate_responses_sse
+
+ANSWER = "Hello from the fake engine."
+
+
+async def respond(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
+    r = await client.post("/v1/responses", json={"model": "fake-model", **body})
+    assert r.status_code == 200, r.text
+    response: dict[str, Any] = r.json()
+    validate("Response", response)
+    return response
+
+
+def text_of(response: dict[str, Any]) -> str:
+    return "".join(part["text"] for item in response["output"] for part in item.get("content", []))
+
+
+def error_of(r: httpx.Response, status: int) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    body: dict[str, Any] = r.json()
+    validate("ErrorResponse", body)
+    return body["error"]
+
+
+async def test_a_string_input_is_answered_with_a_completed_response(
+    alice: httpx.AsyncClient, fake_engine: FakeEngine, keyed_gateway: Gateway
+) -> None:
+    response = await respond(alice, input="hi", instructions="Be brief.", metadata={"k": "v"})
+    assert response["status"] == "completed" and response["object"] == "response"
+    assert text_of(response) == ANSWER
+    assert response["instructions"] == "Be brief." and response["metadata"] == {"k": "v"}
+    assert response["usage"]["input_tokens"] == len(fake_engine.prompts[0])
+    assert response["usage"]["output_tokens"] == len(ANSWER)
+    assert fake_engine.prompt_text() == "<system>Be brief.</system><user>hi</user><assistant>"
+    assert response["id"].startswith("resp_") and len(response["id"]) > 30
+    assert await keyed_gateway.wait_states(1) == [CompletionState.SUCCESS]
+
+
+async def test_previous_response_id_continues_the_stored_chain_without_its_instructions(
+    alice: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    first = await respond(alice, input="one", instructions="Old rules.")
+    second = await respond(alice, input="two", previous_response_id=first["id"])
+    await respond(alice, input="three", previous_response_id=second["id"], instructions="New rules.")
+    assert fake_engine.prompt_text() == (
+        f"<system>New rules.</system><user>one</user><assistant>{ANSWER}</assistant>"
+        f"<user>two</user><assistant>{ANSWER}</assistant><user>three</user><assistant>"
+    )
+    assert second["previous_response_id"] == first["id"]
+
+
+async def test_two_continuations_of_one_response_fork_the_chain(
+    alice: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    first = await respond(alice, input="root")
+    fake_engine.token_delay = 0.001
+    left, right = await asyncio.gather(
+        respond(alice, input="left", previous_response_id=first["id"]),
+        respond(alice, input="right", previous_response_id=first["id"]),
+    )
+    await respond(alice, input="after", previous_response_id=right["id"])
+    assert "left" not in fake_engine.prompt_text() and "<user>right</user>" in fake_engine.prompt_text()
+    assert left["id"] != right["id"]
+
+
+async def test_a_stored_response_is_retrieved_listed_and_deleted(alice: httpx.AsyncClient) -> None:
+    items = [
+        {"role": "user", "content": [{"type": "input_text", "text": "a"}]},
+        {"type": "message", "role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+    ]
+    response = await respond(alice, input=items)
+    got = (await alice.get(f"/v1/responses/{response['id']}")).json()
+    validate("Response", got)
+    assert got == response
+    listed = (await alice.get(f"/v1/responses/{response['id']}/input_items")).json()
+    validate("ResponseItemList", listed)
+    assert [i["content"][0]["text"] for i in listed["data"]] == ["c", "b", "a"]  # newest first
+    page = (await alice.get(f"/v1/responses/{response['id']}/input_items?order=asc&limit=2")).json()
+    validate("ResponseItemList", page)
+    assert [i["content"][0]["text"] for i in page["data"]] == ["a", "b"] and page["has_more"] is True
+    deleted = await alice.delete(f"/v1/responses/{response['id']}")
+    assert deleted.json() == {"id": response["id"], "object": "response", "deleted": True}
+    error_of(await alice.get(f"/v1/responses/{response['id']}"), 404)
+
+
+async def test_store_false_keeps_nothing(alice: httpx.AsyncClient) -> None:
+    response = await respond(alice, input="hi", store=False)
+    error_of(await alice.get(f"/v1/responses/{response['id']}"), 404)
+    r = await alice.post("/v1/responses", json={"input": "x", "previous_response_id": response["id"]})
+    assert error_of(r, 404)["param"] == "response"
+
+
+async def test_another_keys_response_is_404_exactly_like_an_unknown_one(
+    alice: httpx.AsyncClient, bob: httpx.AsyncClient
+) -> None:
+    response = await respond(alice, input="secret")
+    guessed = "resp_" + "A" * 32
+    foreign = [
+        await bob.get(f"/v1/responses/{response['id']}"),
+        await bob.get(f"/v1/responses/{response['id']}/input_items"),
+        await bob.delete(f"/v1/responses/{response['id']}"),
+        await bob.post("/v1/responses", json={"input": "x", "previous_response_id": response["id"]}),
+    ]
+    unknown = [
+        await bob.get(f"/v1/responses/{guessed}"),
+        await bob.get(f"/v1/responses/{guessed}/input_items"),
+        await bob.delete(f"/v1/responses/{guessed}"),
+        await bob.post("/v1/responses", json={"input": "x", "previous_response_id": guessed}),
+    ]
+    for theirs, nobodys in zip(foreign, unknown, strict=True):
+        assert error_of(theirs, 404)["message"].replace(response["id"], guessed) == error_of(nobodys, 404)["message"]
+    assert (await alice.get(f"/v1/responses/{response['id']}")).status_code == 200  # bob deleted nothing
+
+
+async def test_the_stream_sends_openai_events_in_order_and_stores_the_completed_response(
+    alice: httpx.AsyncClient,
+) -> None:
+    r = await alice.post("/v1/responses", json={"input": "hi", "stream": True})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = validate_responses_sse(r.text)
+    kinds = [e["type"] for e in events]
+    deltas = kinds.count("response.output_text.delta")
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.output_text.delta"] * deltas,
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == ANSWER
+    completed = events[-1]["response"]
+    assert text_of(completed) == ANSWER
+    stored = (await alice.get(f"/v1/responses/{completed['id']}")).json()
+    assert stored == completed
+
+
+async def test_max_output_tokens_makes_an_incomplete_response(alice: httpx.AsyncClient) -> None:
+    response = await respond(alice, input="hi", max_output_tokens=4)
+    assert response["status"] == "incomplete"
+    assert response["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert text_of(response) == ANSWER[:4]
+    r = await alice.post("/v1/responses", json={"input": "hi", "max_output_tokens": 4, "stream": True})
+    assert validate_responses_sse(r.text)[-1]["type"] == "response.incomplete"
+
+
+async def test_a_chain_longer_than_the_context_is_cut_at_its_oldest_turns(
+    alice: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    fake_engine.max_model_len = 300
+    previous = None
+    for turn in range(8):  # each turn takes about 70 characters (tokens)
+        response = await respond(alice, input=f"turn {turn}", previous_response_id=previous, max_output_tokens=20)
+        previous = response["id"]
+    prompt = fake_engine.prompt_text()
+    assert len(fake_engine.prompts[-1]) + 20 <= 300
+    assert prompt.startswith("<user>turn ") and "<user>turn 7</user>" in prompt and "turn 0" not in prompt
+    listed = (await alice.get(f"/v1/responses/{previous}/input_items")).json()
+    assert listed["data"][0]["content"][0]["text"] == "turn 7"  # what is stored stays whole
+    r = await alice.post(
+        "/v1/responses",
+        json={"input": "more", "previous_response_id": previous, "truncation": "disabled", "max_output_tokens": 20},
+    )
+    assert error_of(r, 400)["code"] == "prompt_too_long"
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        pytest.param(
+            {"input": "x", "previous_response_id": "resp_x", "conversation": "conv_x"},
+            "conversation",
+            "cannot both",
+            id="previous-and-conversation",
+        ),
+        pytest.param(
+            {"input": [{"type": "input_image_call"}]}, "input[0]", "'input_image_call' are not supported", id="item"
+        ),
+        pytest.param(
+            {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+            "input[0].content[0]",
+            "'input_image' are not supported",
+            id="content-part",
+        ),
+        pytest.param({"input": "x", "background": True}, "background", "background", id="background"),
+        pytest.param({"input": "x", "tools": [{"type": "web_search"}]}, "tools", "'web_search'", id="tool"),
+        pytest.param({"input": ""}, "input", "must not be empty", id="empty"),
+        pytest.param({"input": "x", "max_output_tokens": 0}, "max_output_tokens", "greater", id="max-output"),
+        pytest.param(
+            {"input": "x", "include": ["message.output_text.logprobs"]}, "include", "not supported", id="include"
+        ),
+    ],
+)
+async def test_bad_requests_are_400s_that_name_the_field(
+    alice: httpx.AsyncClient, body: dict[str, Any], param: str, words: str
+) -> None:
+    error = error_of(await alice.post("/v1/responses", json=body), 400)
+    assert error["param"] == param and words in error["message"], error
+
+
+async def test_tools_need_the_vllm_frontend_and_say_so(alice: httpx.AsyncClient) -> None:
+    tool = {"type": "function", "name": "add", "parameters": {"type": "object"}, "strict": True}
+    error = error_of(await alice.post("/v1/responses", json={"input": "x", "tools": [tool]}), 400)
+    assert "tools" in error["message"]
+
+
+async def test_cancel_is_refused_for_a_response_that_is_not_in_the_background(alice: httpx.AsyncClient) -> None:
+    response = await respond(alice, input="hi")
+    assert "background" in error_of(await alice.post(f"/v1/responses/{response['id']}/cancel"), 400)["message"]
+    error_of(await alice.post("/v1/responses/resp_unknown/cancel"), 404)
+
+
+async def test_sampling_fields_reach_the_engine(alice: httpx.AsyncClient, fake_engine: FakeEngine) -> None:
+    await respond(alice, input="hi", temperature=0.5, top_p=0.9, seed=7, max_output_tokens=5)
+    options = fake_engine.options[-1]
+    assert (options.temperature, options.top_p, options.seed, options.max_tokens) == (0.5, 0.9, 7, 5)
+
+
+async def test_an_engine_failure_mid_stream_ends_it_with_response_failed_and_stores_nothing(
+    alice: httpx.AsyncClient, fake_engine: FakeEngine, keyed_gateway: Gateway
+) -> None:
+    fake_engine.fail_after_tokens = 3
+    r = await alice.post("/v1/responses", json={"input": "hi", "stream": True})
+    events = validate_responses_sse(r.text)
+    assert events[-1]["type"] == "response.failed"
+    failed = events[-1]["response"]
+    assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
+    assert await keyed_gateway.wait_states(1) == [CompletionState.UNKNOWN_ERROR_OCCURRED]
+    error_of(await alice.get(f"/v1/responses/{failed['id']}"), 404)
