@@ -24,7 +24,8 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.core import CompletionCallback, Core, GenerationRequest, Outcome
 from gateway.core.errors import EngineUnavailable, GatewayError
-from gateway.core.runner import OnEnd, StreamFormat
+from gateway.core.runner import OnEnd
+from gateway.core.stream_format import StreamFormat
 from gateway.http.limits import read_body
 from gateway.openai.chat_format import ChatFormat
 from gateway.openai.completion_format import CompletionFormat
