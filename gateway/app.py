@@ -48,6 +48,7 @@ def make_store(config: Config) -> SessionStore:
             max_sessions=config.max_sessions,
             max_session_bytes=config.max_session_bytes,
             max_bytes=config.max_store_bytes,
+            lock_timeout=config.session_lock_timeout,
         )
     if config.session_store.startswith(("redis://", "rediss://", "unix://")):
         return RedisStore.from_url(
@@ -55,6 +56,7 @@ def make_store(config: Config) -> SessionStore:
             idle_timeout=config.session_idle_timeout,
             max_sessions=config.max_sessions,
             max_session_bytes=config.max_session_bytes,
+            lock_timeout=config.session_lock_timeout,
         )
     raise ValueError(f"unknown session store {config.session_store!r}: use 'memory' or a redis:// URL")
 

@@ -128,6 +128,11 @@ class Config(BaseModel):
     session_secret_file: Path | None = Field(None, description="file with one signing key per line, newest first")
     session_store: str = Field("memory", description="'memory' or a redis:// URL")
     session_idle_timeout: float = Field(3600.0, gt=0, description="seconds an unused session lives")
+    session_lock_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="seconds a dead replica's generation lock outlives it (renewed every third while it runs)",
+    )
     max_sessions: int = Field(
         10_000, ge=1, description="sessions kept, in memory or in Redis (least recently used dropped)"
     )

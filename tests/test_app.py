@@ -26,3 +26,12 @@ async def test_a_session_store_that_cannot_be_reached_fails_the_start() -> None:
         async with app.router.lifespan_context(app):
             pass
     assert not app.state.core.engine.is_healthy()  # checked before the engine was started
+
+
+@pytest.mark.parametrize("url", ["memory", "redis://127.0.0.1:1/0"])
+def test_the_session_store_takes_the_lock_timeout_from_the_settings(url: str) -> None:
+    # A dead replica's generation lock keeps its conversations busy (409) this long on the others.
+    from gateway.app import make_store
+
+    store = make_store(Settings(session_store=url, session_lock_timeout=4.0))
+    assert store.lock_timeout == 4.0
