@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.conversations.db import ConversationDB, Part, StoredConversation, open_db
 from gateway.conversations.model import Conversation
-from gateway.core.errors import GatewayError, NotFound, SessionBusy, SessionStoreUnavailable, error_response
+from gateway.core.errors import GatewayError, NotFound, SessionBusy, error_response, store_call
 from gateway.http.asgi import add_headers, on_response_start
 from gateway.http.auth import UserKeys
 from gateway.sessions.codec import decode_value, encode_value
@@ -137,14 +137,8 @@ class PersistentConversations:
         self.new_prompt = new_prompt
         self.lock_timeout = lock_timeout
 
-    async def _call(self, operation: Awaitable[T]) -> T:
-        try:
-            return await operation
-        except GatewayError:
-            raise
-        except Exception as exc:
-            logger.warning("conversation database error: %s", type(exc).__name__)
-            raise SessionStoreUnavailable("the conversation database is unavailable", retry_after=5) from exc
+    def _call(self, operation: Awaitable[T]) -> Awaitable[T]:
+        return store_call(operation, "conversation database")
 
     async def open(self, request: Request, *, lock: bool) -> Conversation:
         user = self.users.authenticate(request)

@@ -10,7 +10,7 @@ from typing import Any
 from starlette.requests import Request
 
 from gateway.conversations.model import Conversation
-from gateway.core.errors import GatewayError, SessionBusy, SessionStoreUnavailable
+from gateway.core.errors import GatewayError, SessionBusy, store_call
 from gateway.sessions import SessionContext
 from gateway.sessions.codec import encode_value
 from prompts import ChatPrompt
@@ -112,11 +112,7 @@ class SessionConversations:
         held: tuple[str, str] | None = None
         if lock:
             held = (context.id, uuid.uuid4().hex)
-            try:
-                locked = await context.store.try_lock(*held)
-            except Exception as exc:
-                raise SessionStoreUnavailable("the session store is unavailable", retry_after=5) from exc
-            if not locked:
+            if not await store_call(context.store.try_lock(*held), "session store"):
                 raise SessionBusy("a generation is already running in this session; wait for it or stop it")
         prompt = session.get(PROMPT_KEY)
         if not isinstance(prompt, ChatPrompt):

@@ -7,7 +7,14 @@ internal exception.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable
+from typing import TypeVar
+
 from starlette.responses import JSONResponse
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class GatewayError(Exception):
@@ -102,6 +109,22 @@ class QueueTimeout(GatewayError):
 
 class SessionStoreUnavailable(GatewayError):
     status, type = 503, "session_store_unavailable"
+
+
+async def store_call(pending: Awaitable[T], store: str) -> T:
+    """Await an operation of `store` (e.g. "session store"): its outage is a 503 the client can retry.
+
+    A GatewayError it raises (a session too large, say) passes as it is; any
+    other failure (Redis or the database away) is logged by kind only, never
+    shown to the client.
+    """
+    try:
+        return await pending
+    except GatewayError:
+        raise
+    except Exception as exc:
+        logger.warning("the %s failed: %s", store, type(exc).__name__)
+        raise SessionStoreUnavailable(f"the {store} is unavailable", retry_after=5) from exc
 
 
 class SessionTooLarge(GatewayError):

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from gateway.core.errors import GatewayError, NotFound, SessionBusy, SessionStoreUnavailable
+from gateway.core.errors import NotFound, SessionBusy, store_call
 from gateway.sessions.stores import SessionStore
 
 logger = logging.getLogger(__name__)
@@ -128,24 +128,14 @@ class ResponseStore:
 
     # --- shared --------------------------------------------------------------------------------
 
-    async def _io(self, pending: Awaitable[T]) -> T:
-        """A store call; an outage (Redis away) is a 503 the client can retry."""
-        try:
-            return await pending
-        except GatewayError:
-            raise
-        except Exception as exc:
-            logger.warning("the response store failed: %s", type(exc).__name__)
-            raise SessionStoreUnavailable("the response store is unavailable", retry_after=5) from exc
-
     async def _load(self, record_id: str) -> dict[str, Any] | None:
-        return await self._io(self.store.load(record_id))
+        return await _io(self.store.load(record_id))
 
     async def _save(self, record_id: str, fields: dict[str, Any], removed: tuple[str, ...]) -> None:
-        await self._io(self.store.save(record_id, fields, removed))
+        await _io(self.store.save(record_id, fields, removed))
 
     async def _delete(self, record_id: str) -> None:
-        await self._io(self.store.delete(record_id))
+        await _io(self.store.delete(record_id))
 
     async def _record(self, record_id: str, owner: str, kind: str) -> dict[str, Any]:
         data = await self._load(record_id) if record_id.startswith(_KIND_PREFIX[kind]) else None
@@ -159,14 +149,18 @@ class ResponseStore:
         await self.conversation(conversation_id, owner)  # 404 before waiting for anything
         token = secrets.token_hex(8)
         deadline = time.monotonic() + self.lock_wait
-        while not await self._io(self.store.try_lock(conversation_id, token)):
+        while not await _io(self.store.try_lock(conversation_id, token)):
             if time.monotonic() > deadline:
                 raise SessionBusy("the conversation is busy with another update; try again")
             await asyncio.sleep(_LOCK_RETRY)
         try:
             yield await self.conversation(conversation_id, owner)  # read again: an append may have just ended
         finally:
-            await self._io(self.store.unlock(conversation_id, token))
+            await _io(self.store.unlock(conversation_id, token))
+
+
+def _io(pending: Awaitable[T]) -> Awaitable[T]:
+    return store_call(pending, "response store")
 
 
 _KIND_PREFIX = {"response": "resp_", "conversation": "conv_"}

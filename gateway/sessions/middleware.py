@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.core.errors import GatewayError, SessionStoreUnavailable
+from gateway.core.errors import GatewayError, SessionStoreUnavailable, store_call
 from gateway.http.asgi import add_headers, on_response_start
 from gateway.sessions.cookie import SessionCookie
 from gateway.sessions.stores import MemoryStore, SessionStore
@@ -105,13 +105,8 @@ class SessionContext:
         removed = set(self._session.removed)
         self._session.changed.clear()
         self._session.removed.clear()
-        try:
-            await self.store.save(session_id, changed, removed)
-            self.saved = True
-        except GatewayError:
-            raise
-        except Exception as exc:
-            raise SessionStoreUnavailable("the session store is unavailable", retry_after=5) from exc
+        await store_call(self.store.save(session_id, changed, removed), "session store")
+        self.saved = True
 
     async def discard(self) -> None:
         """Keep nothing of a session this request created: no stored data, no cookie."""
@@ -119,10 +114,7 @@ class SessionContext:
         self._session.removed.clear()
         if self.created and self._id is not None:
             session_id, self._id, self.issued, self.saved = self._id, None, False, False
-            try:
-                await self.store.delete(session_id)
-            except Exception as exc:
-                raise SessionStoreUnavailable("the session store is unavailable", retry_after=5) from exc
+            await store_call(self.store.delete(session_id), "session store")
 
     async def renew(self) -> None:
         """Move the data to a fresh id and forget the old one (after a clear, or a login)."""
