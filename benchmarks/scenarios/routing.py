@@ -7,8 +7,24 @@ vllm-router the OpenAI route with X-Session-ID. Each router runs its deploy/
 configuration (affine) and a round-robin one; prefix caching is on everywhere.
 
 What should hold: a turn-20 TTFT with affinity at most half of round-robin's,
-because each turn re-reads only what its replica has not cached. Recorded
-beside it: tokens/s, the engines' own prefix-cache hit rate (their
+because each turn re-reads only what its replica has not cached. Two things
+decide how much a replica has not cached. With two replicas and no limit on
+the cache, round-robin misses only the turns served elsewhere since the
+conversation's last visit (one or two turns of text), and affinity saves
+little. A busy server's KV cache holds a bounded number of conversations
+(`routing_kv_tokens`): affinity splits the conversations between the
+replicas, so each cache holds half of them; round-robin makes every cache
+hold all of them, and once they do not fit, a turn finds its history evicted
+and prefills all of it. That capacity effect is what affinity buys on a
+real cluster, and the scenario sizes the cache to show it (the report says
+by how much the conversations outgrow it).
+
+The turn-20 TTFT is taken under full load: over the conversations whose last
+turn started while every user still had work (before the last conversation
+began). Later ones finish as the run drains, on emptier replicas, and their
+TTFT measures the drain, not the routing; the report shows both.
+
+Recorded beside it: tokens/s, the engines' own prefix-cache hit rate (their
 /metrics counters), turns that moved to the other replica (spill-over) and
 what happens when a replica is killed mid-conversation (failover).
 """
@@ -61,13 +77,15 @@ async def run(ctx: Context) -> None:
                 label = f"{kind} {routing.replace('_', '-')}"
                 figures["runs"][label] = await _conversations(ctx, cluster, target, label, seed=number + 1)
         figures["failover"] = await _failover(ctx, cluster, model, system)
+    figures["cache_demand_tokens"] = _cache_demand(figures["runs"]["nginx affine"]["by_turn"], plan)
     ctx.figures["9"] = figures
-    last = str(plan.routing_turns)
+    last = plan.routing_turns
     for kind in ROUTERS:
-        affine = figures["runs"][f"{kind} affine"]["by_turn"][last]["ttft_ms"]["p50"]
-        round_robin = figures["runs"][f"{kind} round-robin"]["by_turn"][last]["ttft_ms"]["p50"]
+        affine = figures["runs"][f"{kind} affine"]["last_turn_under_load"]["ttft_ms"]["p50"]
+        round_robin = figures["runs"][f"{kind} round-robin"]["last_turn_under_load"]["ttft_ms"]["p50"]
         r = ratio(affine, round_robin)
-        ctx.check(9, f"turn-{last} TTFT p50, affine / round-robin, {kind}", r, "<= 0.5", at_most(r, 0.5), "x")
+        label = f"turn-{last} TTFT p50 under full load, affine / round-robin, {kind}"
+        ctx.check(9, label, r, "<= 0.5", at_most(r, 0.5), "x")
 
 
 @contextlib.contextmanager
@@ -152,6 +170,7 @@ async def _conversations(ctx: Context, cluster: Cluster, target: Target, label: 
     return {
         "summary": summarise(result.records, result.duration),
         "by_turn": by_turn(result.records, plan.routing_turns),
+        "last_turn_under_load": _last_turn_under_load(result.records, plan.routing_turns),
         "prefix_cache_hit_rate": (after["hits"] - before["hits"]) / queries if queries else None,
         "prefix_cache_queried_tokens": queries,
         "refused_by_replicas": after["refused"] - before["refused"],
@@ -159,6 +178,27 @@ async def _conversations(ctx: Context, cluster: Cluster, target: Target, label: 
         "conversations_by_first_replica": _first_replicas(result.records),
         "client_loop_lag_ms": distribution(lags),
     }
+
+
+def _cache_demand(turns: Figures, plan: Plan) -> Figures:
+    """About how much KV cache the users' conversations need at their last turn, on one replica.
+
+    The shared part is the first turn's prompt (system prompt and a message);
+    each conversation adds what its last prompt has beyond it. "all": every
+    conversation on every replica (round-robin); "half": each replica holds half.
+    """
+    shared = turns["1"]["prompt_tokens"] or 0.0
+    own = max(0.0, (turns[str(plan.routing_turns)]["prompt_tokens"] or 0.0) - shared)
+    users = plan.routing_users
+    return {"all": shared + users * own, "half": shared + users / 2 * own, "per_replica": plan.routing_kv_tokens}
+
+
+def _last_turn_under_load(records: list[RequestRecord], turns: int) -> Figures:
+    """TTFT of the last turns that started while every user had work: before the last conversation began."""
+    firsts = [r.started for r in records if r.turn == 1]
+    busy_until = max(firsts) if firsts else 0.0
+    lasts = [r for r in records if r.ok and r.turn == turns and r.started < busy_until and r.ttft is not None]
+    return {"n": len(lasts), "ttft_ms": distribution([r.ttft for r in lasts if r.ttft is not None])}
 
 
 def _first_replicas(records: list[RequestRecord]) -> dict[str, int]:
