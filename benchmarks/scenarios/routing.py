@@ -19,10 +19,11 @@ and prefills all of it. That capacity effect is what affinity buys on a
 real cluster, and the scenario sizes the cache to show it (the report says
 by how much the conversations outgrow it).
 
-The turn-20 TTFT is taken under full load: over the conversations whose last
-turn started while every user still had work (before the last conversation
-began). Later ones finish as the run drains, on emptier replicas, and their
-TTFT measures the drain, not the routing; the report shows both.
+The figure is the mean turn-20 TTFT. With two replicas, round-robin sends
+about half of a conversation's turns back to the replica of its previous
+turn, where its history is still cached: its median turn is a hit by
+construction, and only the mean (or p90) shows the other half, the misses.
+The report gives p50 and p90 beside the mean.
 
 Recorded beside it: tokens/s, the engines' own prefix-cache hit rate (their
 /metrics counters), turns that moved to the other replica (spill-over) and
@@ -79,13 +80,12 @@ async def run(ctx: Context) -> None:
         figures["failover"] = await _failover(ctx, cluster, model, system)
     figures["cache_demand_tokens"] = _cache_demand(figures["runs"]["nginx affine"]["by_turn"], plan)
     ctx.figures["9"] = figures
-    last = plan.routing_turns
+    last = str(plan.routing_turns)
     for kind in ROUTERS:
-        affine = figures["runs"][f"{kind} affine"]["last_turn_under_load"]["ttft_ms"]["p50"]
-        round_robin = figures["runs"][f"{kind} round-robin"]["last_turn_under_load"]["ttft_ms"]["p50"]
+        affine = figures["runs"][f"{kind} affine"]["by_turn"][last]["ttft_ms"]["mean"]
+        round_robin = figures["runs"][f"{kind} round-robin"]["by_turn"][last]["ttft_ms"]["mean"]
         r = ratio(affine, round_robin)
-        label = f"turn-{last} TTFT p50 under full load, affine / round-robin, {kind}"
-        ctx.check(9, label, r, "<= 0.5", at_most(r, 0.5), "x")
+        ctx.check(9, f"turn-{last} TTFT mean, affine / round-robin, {kind}", r, "<= 0.5", at_most(r, 0.5), "x")
 
 
 @contextlib.contextmanager
@@ -170,7 +170,6 @@ async def _conversations(ctx: Context, cluster: Cluster, target: Target, label: 
     return {
         "summary": summarise(result.records, result.duration),
         "by_turn": by_turn(result.records, plan.routing_turns),
-        "last_turn_under_load": _last_turn_under_load(result.records, plan.routing_turns),
         "prefix_cache_hit_rate": (after["hits"] - before["hits"]) / queries if queries else None,
         "prefix_cache_queried_tokens": queries,
         "refused_by_replicas": after["refused"] - before["refused"],
@@ -193,14 +192,6 @@ def _cache_demand(turns: Figures, plan: Plan) -> Figures:
     return {"all": shared + users * own, "half": shared + users / 2 * own, "per_replica": plan.routing_kv_tokens}
 
 
-def _last_turn_under_load(records: list[RequestRecord], turns: int) -> Figures:
-    """TTFT of the last turns that started while every user had work: before the last conversation began."""
-    firsts = [r.started for r in records if r.turn == 1]
-    busy_until = max(firsts) if firsts else 0.0
-    lasts = [r for r in records if r.ok and r.turn == turns and r.started < busy_until and r.ttft is not None]
-    return {"n": len(lasts), "ttft_ms": distribution([r.ttft for r in lasts if r.ttft is not None])}
-
-
 def _first_replicas(records: list[RequestRecord]) -> dict[str, int]:
     firsts: dict[str, int] = {}
     for r in records:
@@ -218,7 +209,10 @@ async def _failover(ctx: Context, cluster: Cluster, model: str, system: str) -> 
     plan = ctx.plan
     victim = REPLICAS[-1]
     users = max(1, plan.routing_users // 2)
-    with cluster.router("nginx", "affine") as nginx, cluster.router("vllm-router", "affine") as router:
+    with (
+        cluster.router("nginx", "affine", "-failover") as nginx,
+        cluster.router("vllm-router", "affine", "-failover") as router,
+    ):
         targets = {"nginx": _target("nginx", nginx.url, model, system)}
         targets["vllm-router"] = _target("vllm-router", router.url, model, system)
         loads = {
