@@ -60,7 +60,9 @@ class Plan:
     fair_seconds: float = 40.0
     # scenario 9: two replicas of a random-weight model of this width and depth (benchmarks/models.py;
     # the quick plan uses --model), behind each router; `users` conversations at a time, each replica
-    # with `kv_tokens` of KV cache (None: what vLLM sizes) and `slots` + `queue` admission
+    # with `kv_tokens` of KV cache (None: what vLLM sizes) and `slots` + `queue` admission. The cache
+    # is sized between what the users' conversations need at their last turns when each replica holds
+    # half of them (about 5,600 tokens) and when it holds all (about 10,700): a busy server's cache.
     routing_hidden_size: int = 1024
     routing_layers: int = 16
     routing_users: int = 8
@@ -68,7 +70,7 @@ class Plan:
     routing_turns: int = 20
     routing_turn_tokens: int = 16
     routing_system_words: int = 300
-    routing_kv_tokens: int | None = 8_192
+    routing_kv_tokens: int | None = 7_168
     routing_slots: int = 4
     routing_queue: int = 4
     routing_failover_turns: int = 8

@@ -37,9 +37,9 @@ class Cluster:
     env: dict[str, str]
 
     @contextlib.contextmanager
-    def router(self, kind: str, routing: Routing) -> Iterator[Server]:
-        """nginx or vllm-router in front of every replica, for the block."""
-        name = f"{kind}-{routing}".replace("_", "-")
+    def router(self, kind: str, routing: Routing, label: str = "") -> Iterator[Server]:
+        """nginx or vllm-router in front of every replica, for the block; `label` tells its log from others'."""
+        name = f"{kind}-{routing}{label}".replace("_", "-")
         port = free_port()
         ports = [int(server.url.rsplit(":", 1)[1]) for server in self.replicas.values()]
         if kind == "nginx":

@@ -81,7 +81,8 @@ def vllm_router_command(
         "METRICS_PORT": str(metrics_port),
         "PYTHON": sys.executable,
     }
-    command = ["sh", str(VLLM_ROUTER_SCRIPT)]
+    # Its routing decisions (which replica took a new session, health changes) in the log, to explain the figures.
+    command = ["sh", str(VLLM_ROUTER_SCRIPT), "--log-level", "info"]
     if routing == "round_robin":
         command += ["--policy", "round_robin"]
     return command, env

@@ -7,8 +7,25 @@ vllm-router the OpenAI route with X-Session-ID. Each router runs its deploy/
 configuration (affine) and a round-robin one; prefix caching is on everywhere.
 
 What should hold: a turn-20 TTFT with affinity at most half of round-robin's,
-because each turn re-reads only what its replica has not cached. Recorded
-beside it: tokens/s, the engines' own prefix-cache hit rate (their
+because each turn re-reads only what its replica has not cached. Two things
+decide how much a replica has not cached. With two replicas and no limit on
+the cache, round-robin misses only the turns served elsewhere since the
+conversation's last visit (one or two turns of text), and affinity saves
+little. A busy server's KV cache holds a bounded number of conversations
+(`routing_kv_tokens`): affinity splits the conversations between the
+replicas, so each cache holds half of them; round-robin makes every cache
+hold all of them, and once they do not fit, a turn finds its history evicted
+and prefills all of it. That capacity effect is what affinity buys on a
+real cluster, and the scenario sizes the cache to show it (the report says
+by how much the conversations outgrow it).
+
+The figure is the mean turn-20 TTFT. With two replicas, round-robin sends
+about half of a conversation's turns back to the replica of its previous
+turn, where its history is still cached: its median turn is a hit by
+construction, and only the mean (or p90) shows the other half, the misses.
+The report gives p50 and p90 beside the mean.
+
+Recorded beside it: tokens/s, the engines' own prefix-cache hit rate (their
 /metrics counters), turns that moved to the other replica (spill-over) and
 what happens when a replica is killed mid-conversation (failover).
 """
@@ -61,13 +78,14 @@ async def run(ctx: Context) -> None:
                 label = f"{kind} {routing.replace('_', '-')}"
                 figures["runs"][label] = await _conversations(ctx, cluster, target, label, seed=number + 1)
         figures["failover"] = await _failover(ctx, cluster, model, system)
+    figures["cache_demand_tokens"] = _cache_demand(figures["runs"]["nginx affine"]["by_turn"], plan)
     ctx.figures["9"] = figures
     last = str(plan.routing_turns)
     for kind in ROUTERS:
-        affine = figures["runs"][f"{kind} affine"]["by_turn"][last]["ttft_ms"]["p50"]
-        round_robin = figures["runs"][f"{kind} round-robin"]["by_turn"][last]["ttft_ms"]["p50"]
+        affine = figures["runs"][f"{kind} affine"]["by_turn"][last]["ttft_ms"]["mean"]
+        round_robin = figures["runs"][f"{kind} round-robin"]["by_turn"][last]["ttft_ms"]["mean"]
         r = ratio(affine, round_robin)
-        ctx.check(9, f"turn-{last} TTFT p50, affine / round-robin, {kind}", r, "<= 0.5", at_most(r, 0.5), "x")
+        ctx.check(9, f"turn-{last} TTFT mean, affine / round-robin, {kind}", r, "<= 0.5", at_most(r, 0.5), "x")
 
 
 @contextlib.contextmanager
@@ -161,6 +179,19 @@ async def _conversations(ctx: Context, cluster: Cluster, target: Target, label: 
     }
 
 
+def _cache_demand(turns: Figures, plan: Plan) -> Figures:
+    """About how much KV cache the users' conversations need at their last turn, on one replica.
+
+    The shared part is the first turn's prompt (system prompt and a message);
+    each conversation adds what its last prompt has beyond it. "all": every
+    conversation on every replica (round-robin); "half": each replica holds half.
+    """
+    shared = turns["1"]["prompt_tokens"] or 0.0
+    own = max(0.0, (turns[str(plan.routing_turns)]["prompt_tokens"] or 0.0) - shared)
+    users = plan.routing_users
+    return {"all": shared + users * own, "half": shared + users / 2 * own, "per_replica": plan.routing_kv_tokens}
+
+
 def _first_replicas(records: list[RequestRecord]) -> dict[str, int]:
     firsts: dict[str, int] = {}
     for r in records:
@@ -178,7 +209,10 @@ async def _failover(ctx: Context, cluster: Cluster, model: str, system: str) -> 
     plan = ctx.plan
     victim = REPLICAS[-1]
     users = max(1, plan.routing_users // 2)
-    with cluster.router("nginx", "affine") as nginx, cluster.router("vllm-router", "affine") as router:
+    with (
+        cluster.router("nginx", "affine", "-failover") as nginx,
+        cluster.router("vllm-router", "affine", "-failover") as router,
+    ):
         targets = {"nginx": _target("nginx", nginx.url, model, system)}
         targets["vllm-router"] = _target("vllm-router", router.url, model, system)
         loads = {
