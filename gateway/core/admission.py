@@ -114,6 +114,12 @@ class Ticket:
             raise PriorityNotAllowed("this API key may not set priority", param="priority")
         self._controller._confirm(self, prompt_tokens, max_tokens, priority, user)
 
+    async def aconfirm(
+        self, prompt_tokens: int = 0, max_tokens: int = 0, priority: int = 0, user: str | None = None
+    ) -> None:
+        """`confirm`, as the `Claim` protocol spells it (gateway/core/claims.py)."""
+        self.confirm(prompt_tokens, max_tokens, priority, user)
+
     async def wait(self, timeout: float | None) -> None:
         """Wait for a slot. QueueTimeout after `timeout` s; cancelling gives the place up at once."""
         if self.state == "running":
@@ -124,9 +130,7 @@ class Ticket:
                 await asyncio.wait_for(asyncio.shield(future), timeout)
             except TimeoutError:
                 self.release()
-                raise QueueTimeout(
-                    f"no generation slot became free within {timeout:g} s", retry_after=timeout
-                ) from None
+                raise queue_timeout(timeout) from None
             except BaseException:
                 self.release()
                 raise
@@ -141,6 +145,11 @@ class Ticket:
             return
         self.released = True
         self._controller._release(self, output_tokens)
+
+
+def queue_timeout(timeout: float | None) -> QueueTimeout:
+    """The refusal of a request that waited `timeout` seconds for a slot."""
+    return QueueTimeout(f"no generation slot became free within {timeout or 0:g} s", retry_after=timeout)
 
 
 class AdmissionController:
@@ -213,6 +222,26 @@ class AdmissionController:
         self._pending += 1
         self._idle.clear()
         return ticket
+
+    # The `Admission` protocol (gateway/core/claims.py): in one process, answered in place.
+
+    async def aclaim(self, principal: Principal = ANONYMOUS) -> Ticket:
+        return self.claim(principal)
+
+    async def aholds_place(self, user: str) -> bool:
+        return self.holds_place(user)
+
+    async def aload(self) -> Load:
+        return self.load()
+
+    async def afairness(self) -> dict[str, Any]:
+        return self.fairness()
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
 
     def enter(
         self, principal: Principal = ANONYMOUS, *, prompt_tokens: int = 0, max_tokens: int = 0, priority: int = 0
