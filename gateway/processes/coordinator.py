@@ -77,6 +77,11 @@ class AdmissionCoordinator:
         for link in self._links:
             self._send(link, {"event": "draining"})
 
+    def stop_front_ends(self) -> None:
+        """Tell every front end to stop serving now (uvicorn's graceful shutdown: a few seconds' grace)."""
+        for link in self._links:
+            self._send(link, {"event": "stop"})
+
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         link = _Link(writer)
         self._links.add(link)

@@ -59,7 +59,9 @@ class FrontEndServer(DrainingServer, NoSignalServer):  # type: ignore[misc]
         self.link_lost = False
 
     async def on_tick(self, counter: int) -> bool:
-        if self.remote.lost and self.started and not self.should_exit:
+        if self.remote.stop_requested:
+            self.should_exit = True
+        elif self.remote.lost and self.started and not self.should_exit:
             logger.error("the admission link to the parent process is gone: stopping")
             self.link_lost = True
             self.should_exit = True
@@ -96,7 +98,10 @@ def run_front_end(listen_address: str, sock: socket.socket, args: FrontEndArgs, 
     peer_loads = None if loads is None else (loads, index)
     server = FrontEndServer(config, admission, settings.drain_timeout, watched, peer_loads)
     logger.info("front end %d serving on %s", index, listen_address)
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C reached the whole process group: the parent stops the gateway
+        return
     if not server.started:
         sys.exit(3)
     if server.engine_died or server.link_lost:

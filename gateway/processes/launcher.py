@@ -15,8 +15,8 @@ limits are those of one gateway, not N smaller ones.
 
 How it ends: SIGTERM drains the whole gateway (every front end refuses new
 generations with 503 and `/ready` answers 503; admitted ones run for up to
-`drain_timeout`), then the front ends stop (SIGINT: a few seconds' grace),
-then the engine core. SIGINT, or a second SIGTERM, skips the drain. A front
+`drain_timeout`), then the front ends stop (told over the admission link;
+uvicorn's few seconds' grace), then the engine core. SIGINT, or a second SIGTERM, skips the drain. A front
 end or the engine core that dies stops the rest, and the exit status is 1
 (3 if a front end could not start), for a supervisor to restart the gateway.
 """
@@ -132,9 +132,7 @@ class _Supervisor:
         self._stopping = True
         # The front ends stop first; the coordinator answers them until they are gone,
         # so the places of the streams they still end are given back.
-        for process in self.front_ends:
-            if process.is_alive() and process.pid is not None:
-                os.kill(process.pid, signal.SIGINT)
+        self.coordinator.stop_front_ends()
         await asyncio.gather(*(asyncio.to_thread(p.join, FRONT_END_GRACE) for p in self.front_ends))
         await self.coordinator.close()
         return self.status

@@ -111,6 +111,7 @@ class RemoteAdmission:
         self._load = Load(0, 0, capacity, queue_size)
         self._draining = False
         self.lost = False
+        self.stop_requested = False  # the parent process says: stop serving now
         self._ids = itertools.count(1)
         self._calls: dict[int, asyncio.Future[Message]] = {}
         self._slots: dict[int, asyncio.Future[GatewayError | None]] = {}
@@ -219,6 +220,8 @@ class RemoteAdmission:
                 call.set_result(message)
         elif message["event"] == "draining":
             self._draining = True
+        elif message["event"] == "stop":
+            self.stop_requested = True
         else:  # a waiting ticket's slot, or its refusal
             slot = self._slots.get(message["ticket"])
             if slot is not None and not slot.done():

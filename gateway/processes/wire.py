@@ -2,8 +2,8 @@
 
 A front-end process sends `op` messages with an `id` (answered by a reply with
 the same `id`) or without one (`release`, `drain`: nothing to answer). The
-coordinator also sends messages of its own: `admitted` (a waiting ticket got
-its slot), `refused` (a waiting ticket was displaced) and `draining`. Every
+coordinator also sends events of its own: `admitted` (a waiting ticket got
+its slot), `refused` (a waiting ticket was displaced), `draining` and `stop`. Every
 message from the coordinator carries the load as it was when it was sent, so a
 front end's `load()` is never older than its last exchange.
 """
