@@ -97,6 +97,8 @@ def serve_processes(settings: Settings) -> int:
                 front_ends.shutdown(timeout=FRONT_END_GRACE)
             if engines is not None:
                 engines.shutdown()
+            listeners.cleanup()
+            del listeners  # now, not at interpreter exit (where its __del__ fails on a torn-down module)
             sock.close()
             link.close()
 
