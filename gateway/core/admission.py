@@ -25,7 +25,7 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from gateway.core.errors import Displaced, EngineUnavailable, Overloaded, PriorityNotAllowed, QueueTimeout
 from gateway.core.fairness import OUTPUT_WEIGHT, PROMPT_WEIGHT, FairQueue, FairUser
@@ -36,6 +36,7 @@ from gateway.core.quotas import Quota, Quotas
 CLAIM_STATE = "admission_claim"
 
 State = Literal["pending", "waiting", "running", "done"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,14 +127,7 @@ class Ticket:
             return
         if self.state == "waiting":
             future = self._future = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait_for(asyncio.shield(future), timeout)
-            except TimeoutError:
-                self.release()
-                raise queue_timeout(timeout) from None
-            except BaseException:
-                self.release()
-                raise
+            await wait_for_slot(future, timeout, self.release)
         if self._refusal is not None:
             raise self._refusal
         if not self.admitted:
@@ -147,9 +141,16 @@ class Ticket:
         self._controller._release(self, output_tokens)
 
 
-def queue_timeout(timeout: float | None) -> QueueTimeout:
-    """The refusal of a request that waited `timeout` seconds for a slot."""
-    return QueueTimeout(f"no generation slot became free within {timeout or 0:g} s", retry_after=timeout)
+async def wait_for_slot(slot: asyncio.Future[T], timeout: float | None, release: Callable[[], object]) -> T:
+    """`slot`'s result, within `timeout` s; a timeout (QueueTimeout) or a cancellation calls `release` first."""
+    try:
+        return await asyncio.wait_for(asyncio.shield(slot), timeout)
+    except TimeoutError:
+        release()
+        raise QueueTimeout(f"no generation slot became free within {timeout or 0:g} s", retry_after=timeout) from None
+    except BaseException:
+        release()
+        raise
 
 
 class AdmissionController:

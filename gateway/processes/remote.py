@@ -19,7 +19,7 @@ import os
 import time
 from typing import Any
 
-from gateway.core.admission import Load, queue_timeout
+from gateway.core.admission import Load, wait_for_slot
 from gateway.core.errors import EngineUnavailable, GatewayError
 from gateway.core.principal import ANONYMOUS, Principal
 from gateway.processes.wire import (
@@ -79,14 +79,7 @@ class RemoteTicket:
             return
         if self._slot is None:
             raise RuntimeError("only a confirmed ticket can wait for a slot")
-        try:
-            refusal = await asyncio.wait_for(asyncio.shield(self._slot), timeout)
-        except TimeoutError:
-            self.release()
-            raise queue_timeout(timeout) from None
-        except BaseException:
-            self.release()
-            raise
+        refusal = await wait_for_slot(self._slot, timeout, self.release)
         if refusal is not None:
             self.release()  # the coordinator ended it already: this only counts it out here
             raise refusal

@@ -32,6 +32,7 @@ SECRET = "api-processes-test-secret-0123456789"
 KEYS = "sk-flood flood class=bulk\nsk-light light class=interactive\n"
 QUEUE_TIMEOUT = 10
 ROUTE = "v1/chat/completions"
+_SCRAPE = re.compile(r"\[front end \d pid (\d+)\] gateway\.http\.access_log: request (scrape-\d+) ")
 _LINE = re.compile(r"\[front end (\d) pid (\d+)\] gateway\.core\.runner: request (\S+) .* state=(\S+) status=(\d+)")
 
 
@@ -66,6 +67,12 @@ def served(gateway: Gateway) -> dict[str, tuple[str, str, int]]:
     """The generation log lines so far: request id -> (front end pid, state, status)."""
     lines = (_LINE.search(line) for line in gateway.log.read_text(errors="replace").splitlines())
     return {m[3]: (m[2], m[4], int(m[5])) for m in lines if m is not None}
+
+
+def scrapes(gateway: Gateway) -> dict[str, str]:
+    """The /metrics requests so far: request id -> the pid of the front end that answered."""
+    lines = (_SCRAPE.search(line) for line in gateway.log.read_text(errors="replace").splitlines())
+    return {m[2]: m[1] for m in lines if m is not None}
 
 
 def engine_processes(gateway: Gateway) -> list[psutil.Process]:
@@ -168,15 +175,21 @@ async def test_two_processes_admit_refuse_and_report_as_one_gateway(gateway: Gat
     # Both processes served generations.
     assert len({lines[request][0] for request in expected}) == 2, lines
 
-    # The counters of both processes, summed, from whichever process answers the scrape.
+    # The counters of both processes, summed, from whichever process answers the scrape:
+    # scrape (each on a new connection) until both processes have answered.
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
-        for _ in range(4):
-            text = (await client.get("/metrics", headers={"connection": "close"})).text
+        for i in range(60):
+            headers = {"connection": "close", "x-request-id": f"scrape-{i}"}
+            text = (await client.get("/metrics", headers=headers)).text
             for state, count in (("success", 2), ("client_disconnected_before_streaming", 1)):
                 assert metric(text, "chatstream:requests_total", route=ROUTE, state=state) == count, state
             assert metric(text, "chatstream:requests_total", route=ROUTE, state="unknown_error_occurred") == 2
             assert metric(text, "chatstream:requests_total", route=ROUTE, state="client_disconnected_while_streaming")
             assert metric(text, "chatstream:rejected_requests_total", route=ROUTE, reason="too_many_requests") == 1
+            await eventually(lambda i=i: f"scrape-{i}" in scrapes(gateway))
+            if len(set(scrapes(gateway).values())) == 2:
+                break
+    assert len(set(scrapes(gateway).values())) == 2, "one process answered every scrape"
 
 
 async def test_sigterm_drains_both_processes_and_stops_every_child(gateway: Gateway) -> None:
