@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.chat import ChatStream, api_docs
 from gateway.conversations import ConversationIdHeader, PersistentConversations
 from gateway.core import CompletionCallback, Core, Engine
+from gateway.core.claims import Admission
 from gateway.core.errors import GatewayError, error_body
 from gateway.core.metrics import CONTENT_TYPE
 from gateway.http.access_log import AccessLogMiddleware
@@ -83,9 +84,14 @@ def make_user_keys(config: Config) -> UserKeys | None:
     return UserKeys(entries) if entries else None
 
 
-def make_chat_stream(config: Config, engine: Engine | None = None, keys: UserKeys | None = None) -> ChatStream:
-    """The ChatStream these settings describe; `engine` replaces vLLM (tests, benchmarks)."""
-    chat = ChatStream(core=Core(config, engine))
+def make_chat_stream(
+    config: Config, engine: Engine | None = None, keys: UserKeys | None = None, admission: Admission | None = None
+) -> ChatStream:
+    """The ChatStream these settings describe; `engine` replaces vLLM (tests, benchmarks).
+
+    `admission` is the gateway-wide admission a front-end process shares (gateway.processes).
+    """
+    chat = ChatStream(core=Core(config, engine, admission=admission))
     if config.conversation_db is not None:
         keys = keys or make_user_keys(config)
         if keys is None:
@@ -204,6 +210,7 @@ def create_app(
 
     @app.get("/metrics", **api_docs.METRICS)
     async def metrics() -> Response:
+        await core.admission.aload()  # a front-end process of several asks for the gateway-wide figures now
         return Response(core.metrics.render(), media_type=CONTENT_TYPE)
 
     openai_routes = add_openai_routes(app, core, callback)

@@ -25,6 +25,10 @@ def _flag_kind(annotation: Any) -> str:
     return "value"
 
 
+# Settings whose flag also answers to vLLM's name for it.
+_VLLM_NAMES = {"api_processes": ("--api-server-count",)}
+
+
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per Settings field; each also reads CHATSTREAM_<NAME> from the environment.
 
@@ -34,21 +38,21 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     each flag's environment variable.
     """
     for name, field in Settings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
+        flags = ("--" + name.replace("_", "-"), *_VLLM_NAMES.get(name, ()))
         env = f"CHATSTREAM_{name.upper()}"
         kind = _flag_kind(field.annotation)
         default = field.get_default(call_default_factory=True)
         shown = "***" if "secret" in name or "key" in name else default
         help_text = f"{field.description} [env {env}; default {shown}]"
         if kind == "bool":
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif kind == "list":
             # Repeated or several at once, as vLLM takes `--served-model-name NAME [NAME ...]`.
             parser.add_argument(
-                flag, dest=name, action="extend", nargs="+", default=None, metavar="VALUE", help=help_text
+                *flags, dest=name, action="extend", nargs="+", default=None, metavar="VALUE", help=help_text
             )
         else:
-            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
+            parser.add_argument(*flags, dest=name, default=None, metavar=name.upper(), help=help_text)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -71,6 +75,11 @@ def serve(settings: Settings) -> None:
     except ValueError as err:  # a setting that only the files or the middleware could check
         print(f"chatstream-gateway: error: {err}", file=sys.stderr)
         sys.exit(2)
+    if settings.api_processes > 1:
+        # The app above only checked the settings: each front-end process builds its own.
+        from gateway.processes.launcher import serve_processes
+
+        sys.exit(serve_processes(settings))
     # SIGTERM drains first (gateway.drain); what is still running after
     # drain_timeout gets a few more seconds before uvicorn cancels it.
     # access_log=False: the gateway writes its own one line per request (gateway/access_log.py).

@@ -33,7 +33,7 @@ from types import FrameType
 
 import uvicorn
 
-from gateway.core.admission import AdmissionController
+from gateway.core.claims import Admission
 from gateway.core.engine import Engine
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class DrainingServer(uvicorn.Server):
     def __init__(
         self,
         config: uvicorn.Config,
-        admission: AdmissionController,
+        admission: Admission,
         drain_timeout: float,
         engine: Engine | None = None,
     ) -> None:

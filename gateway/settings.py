@@ -87,6 +87,12 @@ class Config(BaseModel):
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    api_processes: int = Field(
+        1,
+        ge=1,
+        description="front-end processes sharing one engine and one admission (vLLM's --api-server-count); "
+        "more than 1 needs a session store the processes share",
+    )
 
     # --- admission
     concurrency: int = Field(32, ge=1, description="generations running at once (num_of_concurrent_executions)")
@@ -199,6 +205,11 @@ class Config(BaseModel):
             raise ValueError("max_session_bytes must not be larger than max_store_bytes")
         if self.conversation_db is not None and self.keys_file is None and not self.api_key:
             raise ValueError("conversation_db needs API keys (--keys-file or --api-key): they name its users")
+        if self.api_processes > 1 and self.session_store == "memory":
+            raise ValueError(
+                "api_processes > 1 needs a session store every process shares: the memory store is per process "
+                "(each process would keep its own users' sessions and stored responses); give --session-store"
+            )
         if self.enable_auto_tool_choice and not self.tool_call_parser:
             raise ValueError("--enable-auto-tool-choice requires --tool-call-parser")
         return self

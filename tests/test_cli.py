@@ -89,6 +89,8 @@ def test_no_flags_and_no_environment_give_the_defaults(served: list[Settings]) -
         pytest.param(["--session-store", "memcached://cache:11211"], id="unknown-session-store"),
         pytest.param(["--conversation-db", "sqlite:///c.db"], id="conversation-db-without-users"),
         pytest.param(["--max-session-bytes", str(2**30)], id="session-larger-than-the-store"),
+        # Each front-end process would keep its own users' sessions: a shared store is required.
+        pytest.param(["--api-processes", "2"], id="api-processes-with-per-process-sessions"),
     ],
 )
 def test_a_bad_setting_is_a_usage_error_before_anything_starts(
@@ -102,6 +104,11 @@ def test_a_bad_setting_is_a_usage_error_before_anything_starts(
     assert "chatstream-gateway: error:" in err
     assert argv[0][2:].replace("-", "_") in err  # names the setting at fault
     assert "Traceback" not in err
+
+
+def test_api_processes_answers_to_vllms_name_too(served: list[Settings]) -> None:
+    assert cli.main(["serve", "--api-server-count", "3", "--session-store", "redis://cache:6379"]) == 0
+    assert served[0].api_processes == 3
 
 
 def test_engine_args_reach_vllm_settings(served: list[Settings]) -> None:

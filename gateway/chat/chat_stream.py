@@ -22,7 +22,8 @@ from starlette.responses import JSONResponse, Response
 from gateway.chat.schema import ChatStreamBody, GenerationParams, describe_validation_error, range_of
 from gateway.chat.turn import ROUTE, ChatTurn
 from gateway.conversations import Conversation, ConversationHandler, SessionConversations
-from gateway.core import AdmissionController, CompletionCallback, Core, Engine, Metrics, SamplingOptions
+from gateway.core import CompletionCallback, Core, Engine, Metrics, SamplingOptions
+from gateway.core.claims import Admission
 from gateway.core.errors import BadChatRequest, EngineUnavailable, GatewayError, InvalidBody, error_response
 from gateway.http.limits import read_body, require_json
 from gateway.settings import Config
@@ -114,7 +115,7 @@ class ChatStream:
         return self.core.engine
 
     @property
-    def admission(self) -> AdmissionController:
+    def admission(self) -> Admission:
         return self.core.admission
 
     @property
@@ -281,7 +282,7 @@ class ChatStream:
 
     async def handle_get_load_request(self, request: Request | None = None) -> Response:
         """How busy the gateway is: generations in flight, waiting, and the capacity."""
-        load = self.admission.load()
+        load = await self.admission.aload()
         return JSONResponse(
             {
                 "in_flight": load.running,

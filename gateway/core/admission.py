@@ -25,7 +25,7 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from gateway.core.errors import Displaced, EngineUnavailable, Overloaded, PriorityNotAllowed, QueueTimeout
 from gateway.core.fairness import OUTPUT_WEIGHT, PROMPT_WEIGHT, FairQueue, FairUser
@@ -36,6 +36,7 @@ from gateway.core.quotas import Quota, Quotas
 CLAIM_STATE = "admission_claim"
 
 State = Literal["pending", "waiting", "running", "done"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,22 +115,19 @@ class Ticket:
             raise PriorityNotAllowed("this API key may not set priority", param="priority")
         self._controller._confirm(self, prompt_tokens, max_tokens, priority, user)
 
+    async def aconfirm(
+        self, prompt_tokens: int = 0, max_tokens: int = 0, priority: int = 0, user: str | None = None
+    ) -> None:
+        """`confirm`, as the `Claim` protocol spells it (gateway/core/claims.py)."""
+        self.confirm(prompt_tokens, max_tokens, priority, user)
+
     async def wait(self, timeout: float | None) -> None:
         """Wait for a slot. QueueTimeout after `timeout` s; cancelling gives the place up at once."""
         if self.state == "running":
             return
         if self.state == "waiting":
             future = self._future = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait_for(asyncio.shield(future), timeout)
-            except TimeoutError:
-                self.release()
-                raise QueueTimeout(
-                    f"no generation slot became free within {timeout:g} s", retry_after=timeout
-                ) from None
-            except BaseException:
-                self.release()
-                raise
+            await wait_for_slot(future, timeout, self.release)
         if self._refusal is not None:
             raise self._refusal
         if not self.admitted:
@@ -141,6 +139,18 @@ class Ticket:
             return
         self.released = True
         self._controller._release(self, output_tokens)
+
+
+async def wait_for_slot(slot: asyncio.Future[T], timeout: float | None, release: Callable[[], object]) -> T:
+    """`slot`'s result, within `timeout` s; a timeout (QueueTimeout) or a cancellation calls `release` first."""
+    try:
+        return await asyncio.wait_for(asyncio.shield(slot), timeout)
+    except TimeoutError:
+        release()
+        raise QueueTimeout(f"no generation slot became free within {timeout or 0:g} s", retry_after=timeout) from None
+    except BaseException:
+        release()
+        raise
 
 
 class AdmissionController:
@@ -213,6 +223,26 @@ class AdmissionController:
         self._pending += 1
         self._idle.clear()
         return ticket
+
+    # The `Admission` protocol (gateway/core/claims.py): in one process, answered in place.
+
+    async def aclaim(self, principal: Principal = ANONYMOUS) -> Ticket:
+        return self.claim(principal)
+
+    async def aholds_place(self, user: str) -> bool:
+        return self.holds_place(user)
+
+    async def aload(self) -> Load:
+        return self.load()
+
+    async def afairness(self) -> dict[str, Any]:
+        return self.fairness()
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
 
     def enter(
         self, principal: Principal = ANONYMOUS, *, prompt_tokens: int = 0, max_tokens: int = 0, priority: int = 0

@@ -94,6 +94,7 @@ class LimitReached(Overloaded):
     def __init__(self, limit: str, value: int, retry_after: float) -> None:
         super().__init__(f"this key's {limit} limit ({value}) is reached; try again later", retry_after=retry_after)
         self.limit = limit
+        self.value = value
         self.type = f"{limit}_limit"
 
 

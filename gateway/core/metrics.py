@@ -2,16 +2,29 @@
 
 Each app gets its own registry, so several gateways (or tests) in one process
 never share counters.
+
+With several front-end processes (`--api-processes N`, gateway.processes) the
+parent sets `PROMETHEUS_MULTIPROC_DIR`, as vLLM's own API server does:
+prometheus_client then keeps every counter and histogram in a file per
+process, and any process's /metrics adds them all up (the request, token,
+refusal and latency figures are gateway-wide). The admission gauges are read
+from the one admission controller. What stays per process, figures of the
+process that answers the scrape: the inter-token latency histogram (kept in
+memory: it is observed once per token) and the engine's own figures (vLLM
+reports them to one front end at a time).
 """
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from gateway.core.admission import Load
@@ -50,6 +63,13 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # What /metrics renders: the registry, or (several processes) every process's files
+        # plus this process's collectors that keep no files (`_LOCAL`).
+        self._exposed = r
+        shared_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if shared_dir:
+            self._exposed = CollectorRegistry()
+            MultiProcessCollector(self._exposed, shared_dir)  # type: ignore[no-untyped-call]
         self.ttft = Histogram(
             "chatstream:time_to_first_token_seconds",
             "Time from arrival to the first token.",
@@ -59,7 +79,7 @@ class Metrics:
         self.itl = LoopHistogram(
             "chatstream:inter_token_latency_seconds", "Time between consecutive tokens.", _ITL_BUCKETS
         )
-        r.register(self.itl)
+        self._register_local(self.itl)
         self.e2e = Histogram(
             "chatstream:e2e_request_latency_seconds",
             "Time from arrival to the end of the request.",
@@ -104,31 +124,16 @@ class Metrics:
             ["user_class", "kind"],
             registry=r,
         )
-        self.running = Gauge("chatstream:num_requests_running", "Requests holding a generation slot.", registry=r)
-        self.waiting = Gauge("chatstream:num_requests_waiting", "Requests waiting for a slot.", registry=r)
-        self.capacity = Gauge("chatstream:admission_capacity", "Generation slots.", registry=r)
-        self.engine_running = Gauge("chatstream:engine_num_requests_running", "Requests the engine runs.", registry=r)
-        self.engine_waiting = Gauge("chatstream:engine_num_requests_waiting", "Requests the engine queues.", registry=r)
-        self.kv_cache_usage = Gauge("chatstream:kv_cache_usage_perc", "Engine KV-cache usage (1 = full).", registry=r)
+
+    def _register_local(self, collector: Collector) -> None:
+        self.registry.register(collector)
+        if self._exposed is not self.registry:
+            self._exposed.register(collector)
 
     def watch(self, load: Callable[[], Load], engine_stats: Callable[[], EngineStats | None]) -> None:
         """Read the gauges from their owners at scrape time, so they can never drift."""
-        self.running.set_function(lambda: load().running)
-        self.waiting.set_function(lambda: load().waiting)
-        self.capacity.set_function(lambda: load().capacity)
-
-        def stat(pick: Callable[[EngineStats], float | None]) -> Callable[[], float]:
-            def read() -> float:
-                stats = engine_stats()
-                value = pick(stats) if stats is not None else None
-                return float("nan") if value is None else float(value)
-
-            return read
-
-        self.engine_running.set_function(stat(lambda s: s.running))
-        self.engine_waiting.set_function(stat(lambda s: s.waiting))
-        self.kv_cache_usage.set_function(stat(lambda s: s.kv_cache_usage))
-        self.registry.register(_PrefixCacheCounters(engine_stats))
+        self._register_local(_Gauges(load, engine_stats))
+        self._register_local(_PrefixCacheCounters(engine_stats))
 
     def count_refusal(self, route: str, error: GatewayError, user_class: str = ANONYMOUS.user_class) -> None:
         """A request refused before it reached the queue."""
@@ -141,7 +146,29 @@ class Metrics:
         self.class_service_tokens.labels(user_class, "output").inc(output_tokens)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)
+
+
+class _Gauges:
+    """The admission and engine gauges, read from their owners at scrape time (never kept in files)."""
+
+    def __init__(self, load: Callable[[], Load], engine_stats: Callable[[], EngineStats | None]) -> None:
+        self.load = load
+        self.engine_stats = engine_stats
+
+    def collect(self) -> Iterator[Metric]:
+        load = self.load()
+        yield GaugeMetricFamily("chatstream:num_requests_running", "Requests holding a generation slot.", load.running)
+        yield GaugeMetricFamily("chatstream:num_requests_waiting", "Requests waiting for a slot.", load.waiting)
+        yield GaugeMetricFamily("chatstream:admission_capacity", "Generation slots.", load.capacity)
+        stats = self.engine_stats()
+        nan = float("nan")
+        running = nan if stats is None else stats.running
+        waiting = nan if stats is None else stats.waiting
+        usage = nan if stats is None or stats.kv_cache_usage is None else stats.kv_cache_usage
+        yield GaugeMetricFamily("chatstream:engine_num_requests_running", "Requests the engine runs.", running)
+        yield GaugeMetricFamily("chatstream:engine_num_requests_waiting", "Requests the engine queues.", waiting)
+        yield GaugeMetricFamily("chatstream:kv_cache_usage_perc", "Engine KV-cache usage (1 = full).", usage)
 
 
 class _PrefixCacheCounters:

@@ -29,7 +29,8 @@ import anyio.abc
 from starlette.requests import Request
 from starlette.types import Message, Send
 
-from gateway.core.admission import CLAIM_STATE, AdmissionController, Ticket
+from gateway.core.admission import CLAIM_STATE
+from gateway.core.claims import Admission, Claim
 from gateway.core.completion import CompletionCallback, CompletionState, fire_callback
 from gateway.core.direct_send import direct_send
 from gateway.core.engine import Engine, EngineDead
@@ -67,7 +68,7 @@ class _ClientGone(Exception):
 class GenerationRunner:
     """Runs generations against one engine under one admission controller."""
 
-    def __init__(self, engine: Engine, admission: AdmissionController, metrics: Metrics, limits: StreamLimits) -> None:
+    def __init__(self, engine: Engine, admission: Admission, metrics: Metrics, limits: StreamLimits) -> None:
         self.engine = engine
         self.admission = admission
         self.metrics = metrics
@@ -87,10 +88,10 @@ class GenerationRunner:
         stream = _Stream(send, fmt, gen.headers, direct_send(request.scope))
         # The admission middleware claimed a place on arrival; without it (a library
         # user's own app) the claim is made here, for one anonymous user.
-        claim: Ticket | None = request.scope.get("state", {}).pop(CLAIM_STATE, None)
+        claim: Claim | None = request.scope.get("state", {}).pop(CLAIM_STATE, None)
         user_class = (claim.principal if claim is not None else ANONYMOUS).user_class
         try:
-            ticket = self._admit(claim, gen)
+            ticket = await self._admit(claim, gen)
         except GatewayError as refusal:
             outcome.status = refusal.status
             self.metrics.count_refusal(gen.route, refusal, user_class)
@@ -118,15 +119,15 @@ class GenerationRunner:
             with anyio.CancelScope(shield=True):
                 await self._finish(request, ticket, gen, outcome, stream, on_end, callback)
 
-    def _admit(self, claim: Ticket | None, gen: GenerationRequest) -> Ticket:
+    async def _admit(self, claim: Claim | None, gen: GenerationRequest) -> Claim:
         """Confirm the claim with the request's token cost (claiming first if there is none)."""
         ticket = claim
         try:
             if not self.engine.is_healthy():
                 raise EngineUnavailable("the engine is not available", retry_after=5)
             if ticket is None:
-                ticket = self.admission.claim()
-            ticket.confirm(*gen.token_cost(), gen.priority, gen.user)
+                ticket = await self.admission.aclaim()
+            await ticket.aconfirm(*gen.token_cost(), gen.priority, gen.user)
         except BaseException:
             if ticket is not None:
                 ticket.release()
@@ -134,13 +135,13 @@ class GenerationRunner:
         return ticket
 
     async def _serve_then_stop(
-        self, ticket: Ticket, gen: GenerationRequest, outcome: Outcome, stream: _Stream, tg: anyio.abc.TaskGroup
+        self, ticket: Claim, gen: GenerationRequest, outcome: Outcome, stream: _Stream, tg: anyio.abc.TaskGroup
     ) -> None:
         await self._serve(ticket, gen, outcome, stream, tg)
         tg.cancel_scope.cancel()  # the watchers' work is done
 
     async def _serve(
-        self, ticket: Ticket, gen: GenerationRequest, outcome: Outcome, stream: _Stream, tg: anyio.abc.TaskGroup
+        self, ticket: Claim, gen: GenerationRequest, outcome: Outcome, stream: _Stream, tg: anyio.abc.TaskGroup
     ) -> None:
         user_class = ticket.principal.user_class
         try:
@@ -327,7 +328,7 @@ class GenerationRunner:
     async def _finish(
         self,
         request: Request,
-        ticket: Ticket,
+        ticket: Claim,
         gen: GenerationRequest,
         outcome: Outcome,
         stream: _Stream,

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from gateway.core.admission import AdmissionController
+from gateway.core.claims import Admission
 from gateway.core.engine import Engine
 from gateway.core.errors import GatewayError
 from gateway.core.metrics import Metrics
@@ -27,7 +28,9 @@ class Core:
     """The engine and everything around it that does not depend on an API.
 
     Without `engine`, vLLM serves `config.model` (or the tiny offline model),
-    with `config`'s engine arguments updated by `engine_args`.
+    with `config`'s engine arguments updated by `engine_args`. Without
+    `admission`, an `AdmissionController` of its own (one process); a front-end
+    process of several gives the gateway-wide one it shares (gateway.processes).
     """
 
     def __init__(
@@ -37,6 +40,7 @@ class Core:
         *,
         engine_args: Mapping[str, Any] | None = None,
         metrics: Metrics | None = None,
+        admission: Admission | None = None,
     ) -> None:
         if engine is None:
             from gateway.core.vllm_engine import VLLMEngine  # vLLM is heavy: import it only when used
@@ -46,7 +50,9 @@ class Core:
             engine = VLLMEngine(model, engine_args, chat_template=config.chat_template)
         self.config = config
         self.engine: Engine = engine
-        self.admission = AdmissionController(config.concurrency, config.queue_size, token_budget=config.token_budget)
+        self.admission: Admission = admission or AdmissionController(
+            config.concurrency, config.queue_size, token_budget=config.token_budget
+        )
         self.metrics = metrics or Metrics()
         self.metrics.watch(self.admission.load, self.engine.stats)
         limits = StreamLimits(config.queue_timeout, config.send_timeout, config.ping_interval)
@@ -58,10 +64,14 @@ class Core:
 
     @asynccontextmanager
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:
-        """Run the engine for the app's lifetime (use as `FastAPI(lifespan=...)`)."""
+        """Run the engine (and reach the shared admission) for the app's lifetime (use as `FastAPI(lifespan=...)`)."""
         await self.engine.start()
         try:
-            yield
+            await self.admission.start()
+            try:
+                yield
+            finally:
+                await self.admission.stop()
         finally:
             await self.engine.stop()
 

@@ -60,11 +60,28 @@ class _HFTokenizer:
         return text
 
 
+def async_engine_args(model: str, engine_args: Mapping[str, Any]) -> Any:
+    """vLLM's AsyncEngineArgs for `model`, with the CPU defaults on a CPU-only host."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.platforms import current_platform
+
+    args = dict(engine_args)
+    if current_platform.is_cpu():
+        args = {**CPU_DEFAULTS, **args}
+        # vLLM reads the KV cache size for CPUs from the environment only.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
+    return AsyncEngineArgs(model=model, disable_log_stats=False, **args)
+
+
 class VLLMEngine:
     """vLLM's AsyncLLM for one model. `engine_args` go to vLLM's AsyncEngineArgs.
 
     `chat_template` (a file or the template itself, as vLLM's `--chat-template`)
-    replaces the model's own for `tokenizer.render_chat`.
+    replaces the model's own for `tokenizer.render_chat`. With `client` (vLLM's
+    client config: the engine core's addresses, `client_count` and
+    `client_index`), the AsyncLLM is one of several front ends of an engine core
+    another process started (gateway.processes), as in vLLM's own API server
+    with `--api-server-count`.
     """
 
     def __init__(
@@ -73,28 +90,38 @@ class VLLMEngine:
         engine_args: Mapping[str, Any] | None = None,
         served_model_name: str | None = None,
         chat_template: str | None = None,
+        client: Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.engine_args = dict(engine_args or {})
         self.model_name = served_model_name or model
         self.chat_template = chat_template
+        self.client = dict(client) if client is not None else None
         self.max_model_len = 0
         self._llm: Any = None
         self._tokenizer: _HFTokenizer | None = None
         self._stats: EngineStats | None = None
 
     async def start(self) -> None:
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.platforms import current_platform
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = dict(self.engine_args)
-        if current_platform.is_cpu():
-            args = {**CPU_DEFAULTS, **args}
-            # vLLM reads the KV cache size for CPUs from the environment only.
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
-        engine_args = AsyncEngineArgs(model=self.model, disable_log_stats=False, **args)
-        self._llm = AsyncLLM.from_engine_args(engine_args, stat_loggers=[self._stats_tap_factory()])
+        engine_args = async_engine_args(self.model, self.engine_args)
+        if self.client is None:
+            self._llm = AsyncLLM.from_engine_args(engine_args, stat_loggers=[self._stats_tap_factory()])
+        else:
+            # As vLLM's API server process does (launchers/api_server/entry.py).
+            client = dict(self.client)
+            count, index = client.pop("client_count"), client.pop("client_index")
+            engine_args._api_process_count, engine_args._api_process_rank = count, index
+            self._llm = AsyncLLM.from_vllm_config(
+                engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER),
+                usage_context=UsageContext.OPENAI_API_SERVER,
+                stat_loggers=[self._stats_tap_factory()],
+                client_addresses=client,
+                client_count=count,
+                client_index=index,
+            )
         # vLLM reads some of its settings from the environment on every use, one of them once
         # per engine output (its iteration stats); its engine processes cache them once started,
         # and so does this one now (the environment is not changed after start-up).

@@ -13,16 +13,16 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.core.admission import AdmissionController
+from gateway.core.claims import Admission
 from gateway.core.errors import Forbidden, error_response
 from gateway.core.principal import Principal
 from gateway.http.auth import PRINCIPAL_STATE
 
 
-def add_admin_routes(app: FastAPI, admission: AdmissionController) -> None:
+def add_admin_routes(app: FastAPI, admission: Admission) -> None:
     @app.get("/admin/fairness", include_in_schema=False)
     async def fairness(request: Request) -> Response:
         principal: Principal | None = request.scope.get("state", {}).get(PRINCIPAL_STATE)
         if principal is None or not principal.admin:  # the key middleware checked; never rely on one guard
             return error_response(Forbidden("an admin API key is required"))
-        return JSONResponse(admission.fairness())
+        return JSONResponse(await admission.afairness())

@@ -22,7 +22,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.core.admission import CLAIM_STATE, AdmissionController
+from gateway.core.admission import CLAIM_STATE
+from gateway.core.claims import Admission
 from gateway.core.errors import EngineUnavailable, GatewayError, Overloaded, SessionBusy, error_headers
 from gateway.http.asgi import route_path
 from gateway.http.identity import Identify
@@ -45,7 +46,7 @@ class AdmissionMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        admission: AdmissionController,
+        admission: Admission,
         identify: Identify,
         error_body: Callable[[str, GatewayError], Any],
         ready: Callable[[], bool],
@@ -70,11 +71,11 @@ class AdmissionMiddleware:
             if not self.ready():
                 raise EngineUnavailable("the engine is not available", retry_after=5)
             try:
-                claim = self.admission.claim(principal)
+                claim = await self.admission.aclaim(principal)
             except Overloaded:
                 # A session runs one generation at a time: if its own is still in flight, that
                 # is the truthful answer (the page says so), not that the server is busy.
-                if principal.user_class == SESSION_CLASS and self.admission.holds_place(principal.user):
+                if principal.user_class == SESSION_CLASS and await self.admission.aholds_place(principal.user):
                     raise SessionBusy(SESSION_BUSY) from None
                 raise
         except GatewayError as error:
