@@ -119,6 +119,10 @@ class PacedEngine:
         self._engine = engine
         self.interval = interval
         self.model_name = engine.model_name
+        # When `hold` is an unset Event, a generation waits on it once it has sent `hold_after`
+        # tokens: a test sees the answer mid-stream whatever the machine's load.
+        self.hold: asyncio.Event | None = None
+        self.hold_after = 0
 
     @property
     def max_model_len(self) -> int:
@@ -138,9 +142,13 @@ class PacedEngine:
         self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions
     ) -> AsyncGenerator[EngineOutput, None]:
         outputs = self._engine.generate(request_id, prompt_token_ids, options)
+        sent = 0
         try:
             async for output in outputs:
                 await asyncio.sleep(self.interval * max(1, output.num_new_tokens))
+                if self.hold is not None and sent >= self.hold_after:
+                    await self.hold.wait()
+                sent += output.num_new_tokens
                 yield output
         finally:
             await outputs.aclose()

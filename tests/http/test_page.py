@@ -70,11 +70,15 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 @pytest.fixture
-async def real_gateway(real_engine: VLLMEngine) -> AsyncIterator[Gateway]:
-    # The session's engine is shared by the whole run: this app must not start or stop it.
+def paced_engine(real_engine: VLLMEngine) -> PacedEngine:
     # Paced to a real model's streaming speed (see PacedEngine), so the page has time to draw.
-    paced = PacedEngine(real_engine, interval=0.015)
-    async with run_gateway(paced, lifespan="off", max_new_tokens=900, ignore_eos=True) as gw:
+    return PacedEngine(real_engine, interval=0.015)
+
+
+@pytest.fixture
+async def real_gateway(paced_engine: PacedEngine) -> AsyncIterator[Gateway]:
+    # The session's engine is shared by the whole run: this app must not start or stop it.
+    async with run_gateway(paced_engine, lifespan="off", max_new_tokens=900, ignore_eos=True) as gw:
         yield gw
 
 
@@ -164,7 +168,9 @@ DESCRIBE_ENDING = """() => {
 
 
 @pytest.mark.engine
-async def test_answer_streams_in_and_both_turns_survive_a_reload(real_gateway: Gateway, open_page: OpenPage) -> None:
+async def test_answer_streams_in_and_both_turns_survive_a_reload(
+    real_gateway: Gateway, paced_engine: PacedEngine, open_page: OpenPage
+) -> None:
     page = await open_page(real_gateway.url)
     await page.click("#settings-toggle")
     await page.fill("#p-max_new_tokens", "64")
@@ -178,13 +184,20 @@ async def test_answer_streams_in_and_both_turns_survive_a_reload(real_gateway: G
     await page.type("#input", "there")
     assert await page.input_value("#input") == "Hello\nthere"
     assert await page.locator("article.msg").count() == 0
+    # The answer is held after 8 of its 64 tokens until the page shows it streaming: it must
+    # draw what has come, before the rest (a loaded machine may deliver the rest in one read).
+    paced_engine.hold, paced_engine.hold_after = asyncio.Event(), 8
     await page.press("#input", "Enter")
+    streaming = page.locator(f"{ANSWER}[data-state='streaming'] .body")
+    await expect(streaming).not_to_have_text("")
+    partial = await streaming.text_content() or ""
+    paced_engine.hold.set()
     await answers_done(page, 1)
 
     snapshots: list[list[str]] = await page.evaluate("window.answerSnapshots")
     streamed = {text for state, text in snapshots if state == "streaming" and text}
     final = await page.inner_text(f"{ANSWER} .body")
-    assert len(streamed) > 1, "the answer appeared in one piece instead of growing"
+    assert partial in streamed and len(partial) < len(final), "the answer appeared in one piece instead of growing"
     assert all(len(text) <= len(final) for text in streamed)
     assert await page.inner_text(f"{ANSWER} .meta") == "64 tokens · reached the token limit"
     assert await page.input_value("#input") == ""
