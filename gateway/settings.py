@@ -20,6 +20,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.sql import SQL_URL_FORMS, sql_dialect
+
+REDIS_URL_PREFIXES = ("redis://", "rediss://", "unix://")
 MiB = 1 << 20
 # A shorter signing key is guessable; the middleware refuses it too.
 MIN_SECRET_CHARS = 16
@@ -126,7 +129,9 @@ class Config(BaseModel):
         default_factory=list, description="cookie signing keys, newest first (default: random per process)"
     )
     session_secret_file: Path | None = Field(None, description="file with one signing key per line, newest first")
-    session_store: str = Field("memory", description="'memory' or a redis:// URL")
+    session_store: str = Field(
+        "memory", description="'memory', a redis:// URL, or sqlite:///PATH or postgresql://... (shared by replicas)"
+    )
     session_idle_timeout: float = Field(3600.0, gt=0, description="seconds an unused session lives")
     session_lock_timeout: float = Field(
         10.0,
@@ -182,8 +187,10 @@ class Config(BaseModel):
     @field_validator("session_store")
     @classmethod
     def _check_session_store(cls, value: str) -> str:
-        if value != "memory" and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("session_store must be 'memory' or a redis://, rediss:// or unix:// URL")
+        if value != "memory" and not value.startswith(REDIS_URL_PREFIXES) and sql_dialect(value) is None:
+            raise ValueError(
+                f"session_store must be 'memory', a redis://, rediss:// or unix:// URL, or {SQL_URL_FORMS}"
+            )
         return value
 
     @field_validator("session_secret")

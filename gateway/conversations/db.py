@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from gateway.sql import SQL_URL_FORMS, TIMEOUT, connect_sqlite, create_postgres_pool, sql_dialect, sqlite_path
+
 DeleteResult = Literal["deleted", "missing", "busy"]
 # What a save writes: the conversation (prompt, title, turns) and its generation parameters.
 Part = Literal["prompt", "params"]
@@ -68,11 +70,12 @@ class ConversationDB(Protocol):
 
 def open_db(url: str) -> ConversationDB:
     """`sqlite:///relative/path`, `sqlite:////absolute/path`, or `postgresql://user@host/db`."""
-    if url.startswith("sqlite:///"):
-        return SQLiteDB(url.removeprefix("sqlite:///"))
-    if url.startswith(("postgresql://", "postgres://")):
+    dialect = sql_dialect(url)
+    if dialect == "sqlite":
+        return SQLiteDB(sqlite_path(url))
+    if dialect == "postgresql":
         return PostgresDB(url)
-    raise ValueError(f"unknown conversation database {url!r}: use sqlite:///PATH or postgresql://...")
+    raise ValueError(f"unknown conversation database {url!r}: use {SQL_URL_FORMS}")
 
 
 _COLUMNS = "id, title, turns, created_at, updated_at, prompt, params"
@@ -120,14 +123,7 @@ class SQLiteDB:
     async def _db(self) -> Any:
         async with self._opening:
             if self._conn is None:
-                import aiosqlite
-
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = await aiosqlite.connect(self.path, timeout=5.0)
-                await conn.execute("PRAGMA journal_mode=WAL")
-                await conn.executescript(_SQLITE_SCHEMA)
-                await conn.commit()
-                self._conn = conn
+                self._conn = await connect_sqlite(self.path, _SQLITE_SCHEMA)
             return self._conn
 
     async def _write(self, sql: str, *args: Any) -> int:
@@ -228,7 +224,7 @@ CREATE INDEX IF NOT EXISTS conversations_by_user ON conversations (user_id, upda
 class PostgresDB:
     """A PostgreSQL database shared by several gateway replicas (asyncpg pool)."""
 
-    def __init__(self, dsn: str, *, timeout: float = 5.0) -> None:
+    def __init__(self, dsn: str, *, timeout: float = TIMEOUT) -> None:
         self.dsn = dsn
         self.timeout = timeout
         self._pool: Any = None
@@ -237,16 +233,7 @@ class PostgresDB:
     async def _db(self) -> Any:
         async with self._opening:
             if self._pool is None:
-                import asyncpg
-
-                pool = await asyncpg.create_pool(
-                    self.dsn, min_size=1, max_size=10, timeout=self.timeout, command_timeout=self.timeout
-                )
-                async with pool.acquire() as conn, conn.transaction():
-                    # Replicas starting together would race on CREATE TABLE IF NOT EXISTS.
-                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('chatstream-gateway schema'))")
-                    await conn.execute(_PG_SCHEMA)
-                self._pool = pool
+                self._pool = await create_postgres_pool(self.dsn, _PG_SCHEMA, timeout=self.timeout)
             return self._pool
 
     async def _execute(self, sql: str, *args: Any) -> int:
