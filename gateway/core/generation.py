@@ -67,6 +67,7 @@ class Outcome:
     # A delta reached the client (with text, or only tokens or logprobs: what counts as streaming).
     streamed: bool = False
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of `prompt_tokens`, those the engine's prefix cache served
     completion_tokens: int = 0
     finish_reason: str | None = None
     engine_started: bool = False

@@ -172,8 +172,9 @@ class GenerationRunner:
     async def _pump(self, gen: GenerationRequest, outcome: Outcome, stream: _Stream, lock: asyncio.Lock) -> None:
         metrics, fmt = self.metrics, stream.fmt
         outcome.engine_started = True
-        # Several prompts: each reports its own prompt length (one prompt: no dict on the token path).
-        prompt_tokens: dict[int, int] | None = {} if gen.extra_prompts else None
+        # Several prompts: each reports its own prompt length and cache hits (one prompt: no dict on
+        # the token path).
+        prompt_tokens: dict[int, tuple[int, int]] | None = {} if gen.extra_prompts else None
         try:
             async with aclosing(generation_outputs(self.engine, gen)) as outputs:
                 async for out in outputs:
@@ -187,9 +188,11 @@ class GenerationRunner:
                         outcome.last_token_at = now
                     if prompt_tokens is None:
                         outcome.prompt_tokens = out.num_prompt_tokens
+                        outcome.cached_tokens = out.num_cached_tokens
                     else:
-                        prompt_tokens[out.prompt_index] = out.num_prompt_tokens
-                        outcome.prompt_tokens = sum(prompt_tokens.values())
+                        prompt_tokens[out.prompt_index] = (out.num_prompt_tokens, out.num_cached_tokens)
+                        outcome.prompt_tokens = sum(n for n, _ in prompt_tokens.values())
+                        outcome.cached_tokens = sum(n for _, n in prompt_tokens.values())
                     outcome.completion_tokens += out.num_new_tokens
                     if out.finish_reason is not None:
                         outcome.finish_reason = out.finish_reason

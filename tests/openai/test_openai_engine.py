@@ -101,6 +101,22 @@ async def test_the_official_client_gets_an_answer_whose_usage_counts_its_tokens(
         assert after - before == TOKENS
 
 
+async def test_a_repeated_prompt_reports_the_tokens_vllms_prefix_cache_served(
+    gateway: Gateway, real_engine: VLLMEngine
+) -> None:
+    # Regression: usage.input_tokens_details.cached_tokens was always 0.
+    prompt = "the gateway keeps the conversation " * 8  # several KV blocks
+    async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0) as api:
+        answers = [
+            await api.responses.create(model=real_engine.model_name, input=prompt, max_output_tokens=4, store=False)
+            for _ in range(2)
+        ]
+    first, second = (answer.usage for answer in answers)
+    assert first is not None and second is not None
+    assert second.input_tokens == first.input_tokens
+    assert 0 < second.input_tokens_details.cached_tokens < second.input_tokens
+
+
 async def test_completions_encode_the_prompt_as_given(gateway: Gateway, real_engine: VLLMEngine) -> None:
     async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0) as api:
         async with asyncio.timeout(120):

@@ -67,6 +67,19 @@ async def test_previous_response_id_continues_the_stored_chain_without_its_instr
     assert second["previous_response_id"] == first["id"]
 
 
+async def test_usage_reports_the_prompt_tokens_the_engine_served_from_its_prefix_cache(
+    alice: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    # Regression: input_tokens_details.cached_tokens was always 0, whatever the engine reused.
+    fake_engine.prefix_cache = True
+    first = await respond(alice, input="one " * 20)
+    second = await respond(alice, input="two", previous_response_id=first["id"])
+    assert first["usage"]["input_tokens_details"]["cached_tokens"] == 0
+    cached = second["usage"]["input_tokens_details"]["cached_tokens"]
+    # The chain renders the first turn as before: its prompt, in whole blocks, comes from the cache.
+    assert cached == len(fake_engine.prompts[0]) // 16 * 16 > 0
+
+
 async def test_two_continuations_of_one_response_fork_the_chain(
     alice: httpx.AsyncClient, fake_engine: FakeEngine
 ) -> None:
