@@ -164,6 +164,9 @@ class GenerationRunner:
         lock = asyncio.Lock()
         tg.start_soon(self._keep_alive, stream, outcome, lock, tg.cancel_scope)
         try:
+            opening = stream.fmt.opening()
+            if opening:
+                await self._send_body(stream, lock, opening)
             await self._pump(gen, outcome, stream, lock)
         except _ClientGone:
             stream.closed = True

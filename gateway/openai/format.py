@@ -97,6 +97,9 @@ class BaseFormat:
             return b""
         return event({**self.head, "choices": [], "usage": usage(outcome.prompt_tokens, completion_tokens, reasoning)})
 
+    def opening(self) -> bytes:
+        return b""  # a chunk names no state: the first one carries the first token
+
     def error(self, error: GatewayError) -> bytes:
         return event(openai_error_body(error)) + DONE
 

@@ -66,6 +66,10 @@ class ResponsesFormat:
 
     # --- per engine output -------------------------------------------------------------------
 
+    def opening(self) -> bytes:
+        # As OpenAI does: the client has the response's id and state while the prompt is prefilled.
+        return self._start() if self.streaming else b""
+
     def delta(self, output: EngineOutput) -> bytes:
         finished = output.finish_reason is not None
         if finished:
