@@ -80,6 +80,9 @@ class Config(BaseModel):
         None, description="vLLM reasoning parser splitting the answer's reasoning from its content (e.g. deepseek_r1)"
     )
     return_tokens_as_token_ids: bool = Field(False, description="logprob tokens spelled token_id:N by default")
+    enable_prompt_tokens_details: bool = Field(
+        False, description="chat and completion usage counts the prompt tokens served from the prefix cache"
+    )
     max_tokens_ceiling: int | None = Field(
         None,
         ge=1,
