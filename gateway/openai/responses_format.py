@@ -230,7 +230,10 @@ class ResponsesFormat:
             reasoning = self._parser.reasoning_tokens(self._token_ids)
         usage = {
             "input_tokens": outcome.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": outcome.cached_tokens, "cache_write_tokens": 0},
+            "input_tokens_details": {
+                "cached_tokens": outcome.cached_tokens,
+                "cache_write_tokens": outcome.cache_write_tokens,
+            },
             "output_tokens": outcome.completion_tokens,
             "output_tokens_details": {"reasoning_tokens": reasoning},
             "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,

@@ -89,11 +89,21 @@ async def test_enable_prompt_tokens_details_reports_the_cached_prompt_tokens_in_
         completions = [(await client.post("/v1/completions", json=prompt)).json() for _ in "ab"]
     for answer in chats:
         validate("CreateChatCompletionResponse", answer)
+    blocks = len(fake_engine.prompts[0]) // 16 * 16
     cached = (len(fake_engine.prompts[0]) - 1) // 16 * 16  # whole blocks, never the last token (as vLLM)
-    assert [c["usage"]["prompt_tokens_details"] for c in chats] == [{"cached_tokens": 0}, {"cached_tokens": cached}]
-    assert streamed["usage"]["prompt_tokens_details"] == {"cached_tokens": cached}
+    assert [c["usage"]["prompt_tokens_details"] for c in chats] == [
+        {"cached_tokens": 0, "cache_write_tokens": blocks},
+        {"cached_tokens": cached, "cache_write_tokens": blocks - cached},
+    ]
+    assert streamed["usage"]["prompt_tokens_details"] == {
+        "cached_tokens": cached,
+        "cache_write_tokens": blocks - cached,
+    }
     validate_completion(completions[1])
-    assert [c["usage"]["prompt_tokens_details"] for c in completions] == [{"cached_tokens": 0}, {"cached_tokens": 32}]
+    assert [c["usage"]["prompt_tokens_details"] for c in completions] == [
+        {"cached_tokens": 0, "cache_write_tokens": 32},
+        {"cached_tokens": 32, "cache_write_tokens": 0},
+    ]
 
 
 async def test_an_answer_without_text_still_sends_the_role(client: httpx.AsyncClient, fake_engine: FakeEngine) -> None:

@@ -115,6 +115,8 @@ async def test_a_repeated_prompt_reports_the_tokens_vllms_prefix_cache_served(
     assert first is not None and second is not None
     assert second.input_tokens == first.input_tokens
     assert 0 < second.input_tokens_details.cached_tokens < second.input_tokens
+    # What the first request wrote to the cache is what the second one found there.
+    assert second.input_tokens_details.cached_tokens == first.input_tokens_details.cache_write_tokens
 
 
 async def test_with_prompt_tokens_details_chat_usage_reports_the_cached_prompt_tokens(

@@ -76,10 +76,14 @@ async def test_usage_reports_the_prompt_tokens_the_engine_served_from_its_prefix
     fake_engine.prefix_cache = True
     first = await respond(alice, input="one " * 20)
     second = await respond(alice, input="two", previous_response_id=first["id"])
-    assert first["usage"]["input_tokens_details"]["cached_tokens"] == 0
-    cached = second["usage"]["input_tokens_details"]["cached_tokens"]
     # The chain renders the first turn as before: its prompt, in whole blocks, comes from the cache.
-    assert cached == len(fake_engine.prompts[0]) // 16 * 16 > 0
+    blocks = [len(prompt) // 16 * 16 for prompt in fake_engine.prompts]
+    assert first["usage"]["input_tokens_details"] == {"cached_tokens": 0, "cache_write_tokens": blocks[0]}
+    assert second["usage"]["input_tokens_details"] == {
+        "cached_tokens": blocks[0],
+        "cache_write_tokens": blocks[1] - blocks[0],
+    }
+    assert blocks[0] > 0
 
 
 async def test_two_continuations_of_one_response_fork_the_chain(
