@@ -43,7 +43,7 @@ def sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///"))
 
 
-async def connect_sqlite(path: Path, schema: str, *, autocommit: bool = False) -> Any:
+async def _connect_sqlite(path: Path, schema: str, autocommit: bool) -> Any:
     """An aiosqlite connection to `path` (created with its directory), in WAL mode, with `schema` applied.
 
     WAL lets readers go on while one process writes; the busy timeout makes a writer
@@ -62,7 +62,7 @@ async def connect_sqlite(path: Path, schema: str, *, autocommit: bool = False) -
     return conn
 
 
-async def create_postgres_pool(dsn: str, schema: str, *, timeout: float = TIMEOUT) -> Any:
+async def _create_postgres_pool(dsn: str, schema: str, timeout: float) -> Any:
     """An asyncpg pool for `dsn`, with `schema` applied once however many replicas start together."""
     import asyncpg
 
@@ -72,6 +72,39 @@ async def create_postgres_pool(dsn: str, schema: str, *, timeout: float = TIMEOU
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('chatstream-gateway schema'))")
         await conn.execute(schema)
     return pool
+
+
+class Connection:
+    """Opened on first use, once, however many tasks ask at once: an SQLite connection or a PostgreSQL pool.
+
+    `get()` gives the aiosqlite connection (`autocommit`: no implicit transactions) or the asyncpg pool.
+    """
+
+    def __init__(self, url: str, schema: str, *, autocommit: bool = False, timeout: float = TIMEOUT) -> None:
+        self.dialect = sql_dialect(url)
+        if self.dialect is None:
+            raise ValueError(f"unknown database {url!r}: use {SQL_URL_FORMS}")
+        self.url = url
+        self._schema = schema
+        self._autocommit = autocommit
+        self._timeout = timeout
+        self._conn: Any = None
+        self._opening = asyncio.Lock()
+
+    async def get(self) -> Any:
+        async with self._opening:
+            if self._conn is None:
+                if self.dialect == "sqlite":
+                    self._conn = await _connect_sqlite(sqlite_path(self.url), self._schema, self._autocommit)
+                else:
+                    self._conn = await _create_postgres_pool(self.url, self._schema, self._timeout)
+            return self._conn
+
+    async def close(self) -> None:
+        async with self._opening:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await conn.close()
 
 
 class Transaction(Protocol):
@@ -103,9 +136,9 @@ def open_database(url: str, schemas: dict[Dialect, str]) -> Database:
     """The database `url` names (`sqlite:///PATH`, `postgresql://...`), its schema applied when first used."""
     dialect = sql_dialect(url)
     if dialect == "sqlite":
-        return _SQLite(sqlite_path(url), schemas["sqlite"])
+        return _SQLite(Connection(url, schemas["sqlite"], autocommit=True))
     if dialect == "postgresql":
-        return _Postgres(url, schemas["postgresql"])
+        return _Postgres(Connection(url, schemas["postgresql"]))
     raise ValueError(f"unknown database {url!r}: use {SQL_URL_FORMS}")
 
 
@@ -131,18 +164,14 @@ class _SQLite:
     dialect: Dialect = "sqlite"
     now = _NOW["sqlite"]
 
-    def __init__(self, path: Path, schema: str) -> None:
-        self.path = path
-        self._schema = schema
-        self._conn: Any = None
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
         self._lock = asyncio.Lock()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         async with self._lock:
-            if self._conn is None:
-                self._conn = await connect_sqlite(self.path, self._schema, autocommit=True)
-            conn = self._conn
+            conn = await self._connection.get()
             # IMMEDIATE takes the write lock now: a read-then-write transaction never has to
             # upgrade its lock later, which SQLite would refuse at once (no busy wait) under WAL.
             await conn.execute("BEGIN IMMEDIATE")
@@ -155,9 +184,7 @@ class _SQLite:
 
     async def close(self) -> None:
         async with self._lock:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                await conn.close()
+            await self._connection.close()
 
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -188,26 +215,14 @@ class _Postgres:
     dialect: Dialect = "postgresql"
     now = _NOW["postgresql"]
 
-    def __init__(self, dsn: str, schema: str) -> None:
-        self.dsn = dsn
-        self._schema = schema
-        self._pool: Any = None
-        self._opening = asyncio.Lock()
-
-    async def _connected(self) -> Any:
-        async with self._opening:
-            if self._pool is None:
-                self._pool = await create_postgres_pool(self.dsn, self._schema)
-            return self._pool
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        pool = await self._connected()
+        pool = await self._connection.get()
         async with pool.acquire() as conn, conn.transaction():
             yield _PostgresTransaction(conn)
 
     async def close(self) -> None:
-        async with self._opening:
-            pool, self._pool = self._pool, None
-            if pool is not None:
-                await pool.close()
+        await self._connection.close()

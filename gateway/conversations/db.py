@@ -9,14 +9,13 @@ database, and a lock whose holder died lapses when it expires.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from gateway.sql import SQL_URL_FORMS, TIMEOUT, connect_sqlite, create_postgres_pool, sql_dialect, sqlite_path
+from gateway.sql import SQL_URL_FORMS, TIMEOUT, Connection, sql_dialect
 
 DeleteResult = Literal["deleted", "missing", "busy"]
 # What a save writes: the conversation (prompt, title, turns) and its generation parameters.
@@ -72,7 +71,7 @@ def open_db(url: str) -> ConversationDB:
     """`sqlite:///relative/path`, `sqlite:////absolute/path`, or `postgresql://user@host/db`."""
     dialect = sql_dialect(url)
     if dialect == "sqlite":
-        return SQLiteDB(sqlite_path(url))
+        return SQLiteDB(url.removeprefix("sqlite:///"))
     if dialect == "postgresql":
         return PostgresDB(url)
     raise ValueError(f"unknown conversation database {url!r}: use {SQL_URL_FORMS}")
@@ -117,14 +116,10 @@ class SQLiteDB:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._conn: Any = None
-        self._opening = asyncio.Lock()
+        self._connection = Connection(f"sqlite:///{self.path}", _SQLITE_SCHEMA)
 
     async def _db(self) -> Any:
-        async with self._opening:
-            if self._conn is None:
-                self._conn = await connect_sqlite(self.path, _SQLITE_SCHEMA)
-            return self._conn
+        return await self._connection.get()
 
     async def _write(self, sql: str, *args: Any) -> int:
         conn = await self._db()
@@ -195,10 +190,7 @@ class SQLiteDB:
         await self._write(sql, cid, owner)
 
     async def close(self) -> None:
-        async with self._opening:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                await conn.close()
+        await self._connection.close()
 
 
 # Lock times come from the database's clock, so replicas with skewed clocks agree.
@@ -227,14 +219,10 @@ class PostgresDB:
     def __init__(self, dsn: str, *, timeout: float = TIMEOUT) -> None:
         self.dsn = dsn
         self.timeout = timeout
-        self._pool: Any = None
-        self._opening = asyncio.Lock()
+        self._connection = Connection(dsn, _PG_SCHEMA, timeout=timeout)
 
     async def _db(self) -> Any:
-        async with self._opening:
-            if self._pool is None:
-                self._pool = await create_postgres_pool(self.dsn, _PG_SCHEMA, timeout=self.timeout)
-            return self._pool
+        return await self._connection.get()
 
     async def _execute(self, sql: str, *args: Any) -> int:
         pool = await self._db()
@@ -298,7 +286,4 @@ class PostgresDB:
         await self._execute(sql, cid, owner)
 
     async def close(self) -> None:
-        async with self._opening:
-            pool, self._pool = self._pool, None
-            if pool is not None:
-                await pool.close()
+        await self._connection.close()

@@ -17,26 +17,7 @@ from gateway.sessions.redis_store import RedisStore
 from tests.fakes import FakeEngine
 from tests.live import serve
 from tests.servers import RedisServer
-
-
-class ManualSleep:
-    """The lock renewers' sleep, moved on by the test: `await tick()` runs each sleeping renewer once."""
-
-    def __init__(self) -> None:
-        self.sleeping: list[asyncio.Future[None]] = []
-
-    async def __call__(self, seconds: float) -> None:
-        done = asyncio.get_running_loop().create_future()
-        self.sleeping.append(done)
-        await done
-
-    async def tick(self) -> None:
-        async with asyncio.timeout(10):
-            while not self.sleeping:
-                await asyncio.sleep(0.005)
-        woken, self.sleeping = self.sleeping, []
-        for done in woken:
-            done.set_result(None)
+from tests.sessions.support import ManualSleep
 
 
 @pytest.fixture

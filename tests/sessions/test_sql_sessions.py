@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -10,9 +12,10 @@ import httpx
 import pytest
 
 from gateway import ChatStream, Settings, create_app
+from gateway.sessions import SQLStore
 from tests.fakes import FakeEngine
 from tests.live import serve
-from tests.sessions.test_store_contract import fresh_postgres_database
+from tests.sessions.support import fresh_postgres_database
 
 SECRET = "sql-sessions-test-secret-0123456789"
 
@@ -63,4 +66,42 @@ async def test_a_database_that_cannot_be_opened_fails_the_start(tmp_path: Path) 
     store = make_store(Settings(session_store=f"sqlite:///{blocked}/sessions.db"))
     with pytest.raises(RuntimeError, match="check --session-store"):
         await check_store(store)
+    await store.close()
+
+
+HOLDER = """
+import asyncio, sys
+from gateway.sessions import SQLStore
+
+async def main() -> None:
+    store = SQLStore.from_url(sys.argv[1], lock_timeout=float(sys.argv[2]))
+    assert await store.try_lock("shared", "other-process")
+    print("locked", flush=True)
+    await asyncio.Event().wait()  # holds (and renews) the lock until killed
+
+asyncio.run(main())
+"""
+
+
+async def test_a_lock_held_by_another_process_holds_until_that_process_dies_then_lapses(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/sessions.db"
+    store = SQLStore.from_url(url)
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLDER, url, "3", stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None
+        async with asyncio.timeout(60):
+            assert await holder.stdout.readline() == b"locked\n"
+        deadline = asyncio.get_running_loop().time() + 4  # past its lock timeout: the holder renews it
+        while asyncio.get_running_loop().time() < deadline:
+            assert not await store.try_lock("shared", "this-process")
+            await asyncio.sleep(0.1)
+    finally:
+        holder.kill()
+        await holder.wait()
+    async with asyncio.timeout(15):  # a dead holder's lock lapses after lock_timeout
+        while not await store.try_lock("shared", "this-process"):
+            await asyncio.sleep(0.05)
+    await store.unlock("shared", "this-process")
     await store.close()

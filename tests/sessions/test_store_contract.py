@@ -17,22 +17,10 @@ import pytest
 from gateway.core.errors import SessionTooLarge
 from gateway.sessions import MemoryStore, RedisStore, SessionStore, SQLStore
 from prompts import ChatPrompt
-from tests.servers import Postgres, RedisServer
+from tests.servers import RedisServer
+from tests.sessions.support import ManualSleep, fresh_postgres_database
 
 MakeStore = Callable[..., SessionStore]
-
-
-async def fresh_postgres_database(server: Postgres) -> str:
-    """A new database on `server` (each test's own: the count bound sees only its sessions)."""
-    import asyncpg
-
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(server.url)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    return server.url.rsplit("/", 1)[0] + f"/{name}"
 
 
 async def store_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -181,28 +169,6 @@ async def test_an_idle_session_expires_and_a_new_save_starts_it_afresh(
         assert await tx.fetch("SELECT session_id, name FROM session_fields") == [(sid, "new")]
 
 
-class ManualSleep:
-    """The lock renewers' sleep, moved on by the test."""
-
-    def __init__(self) -> None:
-        self.sleeping: list[asyncio.Future[None]] = []
-
-    async def __call__(self, seconds: float) -> None:
-        done = asyncio.get_running_loop().create_future()
-        self.sleeping.append(done)
-        await done
-
-    async def tick(self) -> None:
-        await until(lambda: _true(bool(self.sleeping)))
-        woken, self.sleeping = self.sleeping, []
-        for done in woken:
-            done.set_result(None)
-
-
-async def _true(value: bool) -> bool:
-    return value
-
-
 async def test_a_held_lock_is_renewed_and_lapses_when_its_holder_dies(
     make_store: MakeStore, request: pytest.FixtureRequest
 ) -> None:
@@ -214,15 +180,16 @@ async def test_a_held_lock_is_renewed_and_lapses_when_its_holder_dies(
     assert isinstance(holder, SQLStore)
     sid = new_id()
 
-    async def expires() -> float:
+    async def remaining() -> float:
         async with holder.db.transaction() as tx:
-            [(value,)] = await tx.fetch("SELECT expires FROM session_locks WHERE id = ?", sid)
+            [(value,)] = await tx.fetch(f"SELECT expires - {holder.db.now} FROM session_locks WHERE id = ?", sid)
         return float(value)
 
     assert await holder.try_lock(sid, "long-generation")
-    before = await expires()
-    await ticks.tick()  # the renewer runs: the lock's time starts again
-    await until(lambda: _later(expires, before))
+    async with holder.db.transaction() as tx:  # its time has nearly run out when the renewal comes
+        await tx.execute(f"UPDATE session_locks SET expires = {holder.db.now} + 1 WHERE id = ?", sid)
+    await ticks.tick()
+    await until(lambda: _more_than(remaining, 2))  # renewed: a whole lock_timeout again
     assert not await other.try_lock(sid, "someone-else")
     await holder.close()  # a replica that dies stops renewing, without unlocking
     assert not await other.try_lock(sid, "someone-else")
@@ -230,8 +197,8 @@ async def test_a_held_lock_is_renewed_and_lapses_when_its_holder_dies(
     await other.unlock(sid, "someone-else")
 
 
-async def _later(expires: Callable[[], Any], before: float) -> bool:
-    return bool(await expires() > before)
+async def _more_than(remaining: Callable[[], Any], seconds: float) -> bool:
+    return bool(await remaining() > seconds)
 
 
 async def test_two_appends_to_one_conversation_at_once_are_ordered_across_replicas(
