@@ -11,6 +11,7 @@ and `Database`, one transaction interface over both drivers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -78,6 +79,8 @@ class Connection:
     """Opened on first use, once, however many tasks ask at once: an SQLite connection or a PostgreSQL pool.
 
     `get()` gives the aiosqlite connection (`autocommit`: no implicit transactions) or the asyncpg pool.
+    Opening runs in a task of its own: a caller cancelled meanwhile (its client left) neither
+    abandons a half-opened connection nor makes the next caller open a second one.
     """
 
     def __init__(self, url: str, schema: str, *, autocommit: bool = False, timeout: float = TIMEOUT) -> None:
@@ -88,23 +91,24 @@ class Connection:
         self._schema = schema
         self._autocommit = autocommit
         self._timeout = timeout
-        self._conn: Any = None
-        self._opening = asyncio.Lock()
+        self._opened: asyncio.Task[Any] | None = None
+
+    async def _open(self) -> Any:
+        if self.dialect == "sqlite":
+            return await _connect_sqlite(sqlite_path(self.url), self._schema, self._autocommit)
+        return await _create_postgres_pool(self.url, self._schema, self._timeout)
 
     async def get(self) -> Any:
-        async with self._opening:
-            if self._conn is None:
-                if self.dialect == "sqlite":
-                    self._conn = await _connect_sqlite(sqlite_path(self.url), self._schema, self._autocommit)
-                else:
-                    self._conn = await _create_postgres_pool(self.url, self._schema, self._timeout)
-            return self._conn
+        opened = self._opened
+        if opened is None or (opened.done() and (opened.cancelled() or opened.exception() is not None)):
+            opened = self._opened = asyncio.ensure_future(self._open())  # first use, or the last try failed
+        return await asyncio.shield(opened)
 
     async def close(self) -> None:
-        async with self._opening:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                await conn.close()
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            with contextlib.suppress(Exception):
+                await (await opened).close()
 
 
 class Transaction(Protocol):
@@ -172,12 +176,14 @@ class _SQLite:
     async def transaction(self) -> AsyncIterator[Transaction]:
         async with self._lock:
             conn = await self._connection.get()
-            # IMMEDIATE takes the write lock now: a read-then-write transaction never has to
-            # upgrade its lock later, which SQLite would refuse at once (no busy wait) under WAL.
-            await conn.execute("BEGIN IMMEDIATE")
             try:
+                # IMMEDIATE takes the write lock now: a read-then-write transaction never has to
+                # upgrade its lock later, which SQLite would refuse at once (no busy wait) under WAL.
+                await conn.execute("BEGIN IMMEDIATE")
                 yield _SQLiteTransaction(conn)
             except BaseException:
+                # Also when cancelled while BEGIN was queued: the connection's statements run in
+                # order, so this rolls back whatever began, and the next transaction starts clean.
                 await asyncio.shield(conn.rollback())
                 raise
             await asyncio.shield(conn.commit())

@@ -7,6 +7,7 @@ which no other process can share, the same object).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -233,3 +234,23 @@ def test_the_gateway_selects_an_sql_store_from_settings(tmp_path: Path) -> None:
     assert (store.idle_timeout, store.max_sessions, store.max_session_bytes) == (42, 7, 8192)
     with pytest.raises(ValidationError, match="sqlite:///PATH or postgresql://"):
         Settings(session_store="mysql://db/sessions")
+
+
+async def test_calls_cancelled_at_any_point_leave_the_store_usable(
+    make_store: MakeStore, request: pytest.FixtureRequest
+) -> None:
+    # A client that leaves cancels its request's store call wherever it is: BEGIN queued, mid-
+    # transaction or committing. The next transaction must still start clean.
+    sql_only(request)
+    store = make_store()
+    async with asyncio.timeout(60):
+        for yields in range(30):
+            task = asyncio.create_task(store.save(new_id(), {"a": 1}, ()))
+            for _ in range(yields):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        sid = new_id()
+        await store.save(sid, {"b": 2}, ())
+        assert await store.load(sid) == {"b": 2}
