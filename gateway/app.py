@@ -35,14 +35,15 @@ from gateway.http.page import add_cors, add_page
 from gateway.http.replica import ReplicaHeaders
 from gateway.openai import ResponseStore, add_conversation_routes, add_openai_routes, add_responses_routes
 from gateway.openai.format import openai_error_body
-from gateway.sessions import MemoryStore, RedisStore, SessionCookie, SessionMiddleware, SessionStore
-from gateway.settings import Config, Settings
+from gateway.sessions import MemoryStore, RedisStore, SessionCookie, SessionMiddleware, SessionStore, SQLStore
+from gateway.settings import REDIS_URL_PREFIXES, Config, Settings
+from gateway.sql import SQL_URL_FORMS, sql_dialect
 
 logger = logging.getLogger(__name__)
 
 
 def make_store(config: Config) -> SessionStore:
-    """The session store `config.session_store` names: 'memory' or a redis:// URL, with its bounds."""
+    """The session store `config.session_store` names: 'memory', a redis:// or an SQL URL, with its bounds."""
     if config.session_store == "memory":
         return MemoryStore(
             idle_timeout=config.session_idle_timeout,
@@ -51,15 +52,17 @@ def make_store(config: Config) -> SessionStore:
             max_bytes=config.max_store_bytes,
             lock_timeout=config.session_lock_timeout,
         )
-    if config.session_store.startswith(("redis://", "rediss://", "unix://")):
-        return RedisStore.from_url(
-            config.session_store,
-            idle_timeout=config.session_idle_timeout,
-            max_sessions=config.max_sessions,
-            max_session_bytes=config.max_session_bytes,
-            lock_timeout=config.session_lock_timeout,
-        )
-    raise ValueError(f"unknown session store {config.session_store!r}: use 'memory' or a redis:// URL")
+    bounds: dict[str, Any] = {
+        "idle_timeout": config.session_idle_timeout,
+        "max_sessions": config.max_sessions,
+        "max_session_bytes": config.max_session_bytes,
+        "lock_timeout": config.session_lock_timeout,
+    }
+    if config.session_store.startswith(REDIS_URL_PREFIXES):
+        return RedisStore.from_url(config.session_store, **bounds)
+    if sql_dialect(config.session_store) is not None:
+        return SQLStore.from_url(config.session_store, **bounds)
+    raise ValueError(f"unknown session store {config.session_store!r}: use 'memory', a redis:// URL or {SQL_URL_FORMS}")
 
 
 async def check_store(store: SessionStore) -> None:

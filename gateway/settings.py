@@ -20,6 +20,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.sql import SQL_URL_FORMS, sql_dialect
+
+REDIS_URL_PREFIXES = ("redis://", "rediss://", "unix://")
 MiB = 1 << 20
 # A shorter signing key is guessable; the middleware refuses it too.
 MIN_SECRET_CHARS = 16
@@ -77,6 +80,9 @@ class Config(BaseModel):
         None, description="vLLM reasoning parser splitting the answer's reasoning from its content (e.g. deepseek_r1)"
     )
     return_tokens_as_token_ids: bool = Field(False, description="logprob tokens spelled token_id:N by default")
+    enable_prompt_tokens_details: bool = Field(
+        False, description="chat and completion usage counts the prompt tokens served from the prefix cache"
+    )
     max_tokens_ceiling: int | None = Field(
         None,
         ge=1,
@@ -132,7 +138,9 @@ class Config(BaseModel):
         default_factory=list, description="cookie signing keys, newest first (default: random per process)"
     )
     session_secret_file: Path | None = Field(None, description="file with one signing key per line, newest first")
-    session_store: str = Field("memory", description="'memory' or a redis:// URL")
+    session_store: str = Field(
+        "memory", description="'memory', a redis:// URL, or sqlite:///PATH or postgresql://... (shared by replicas)"
+    )
     session_idle_timeout: float = Field(3600.0, gt=0, description="seconds an unused session lives")
     session_lock_timeout: float = Field(
         10.0,
@@ -188,8 +196,10 @@ class Config(BaseModel):
     @field_validator("session_store")
     @classmethod
     def _check_session_store(cls, value: str) -> str:
-        if value != "memory" and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("session_store must be 'memory' or a redis://, rediss:// or unix:// URL")
+        if value != "memory" and not value.startswith(REDIS_URL_PREFIXES) and sql_dialect(value) is None:
+            raise ValueError(
+                f"session_store must be 'memory', a redis://, rediss:// or unix:// URL, or {SQL_URL_FORMS}"
+            )
         return value
 
     @field_validator("session_secret")

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.core.vllm_engine import VLLMEngine
 from tests.fakes import FakeEngine
-from tests.servers import RedisServer
+from tests.servers import Postgres, RedisServer
 
 
 @pytest.fixture
@@ -50,3 +50,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    """A real PostgreSQL server on loopback, for the tests of one module."""
+    server = Postgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()

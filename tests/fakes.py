@@ -35,6 +35,10 @@ class FakeEngine:
         self.gate_after = 0  # ... after sending this many tokens (1: the stream has begun, its cookie is out)
         self.fail_after_tokens: int | None = None  # raise after this many tokens
         self.dead = False
+        # When on, a prompt's tokens that an earlier prompt began with count as cached, in whole
+        # blocks and never the last token, as vLLM's prefix cache counts them; its other whole
+        # blocks count as newly cached.
+        self.prefix_cache = False
         self.running: set[str] = set()
         self.aborted: list[str] = []
         self.prompts: list[list[int]] = []
@@ -60,6 +64,8 @@ class FakeEngine:
     ) -> AsyncGenerator[EngineOutput, None]:
         if self.dead:
             raise EngineDead("fake engine is dead")
+        cached = self._cached(prompt_token_ids) if self.prefix_cache else 0
+        written = len(prompt_token_ids) // 16 * 16 - cached if self.prefix_cache else 0
         self.prompts.append(list(prompt_token_ids))
         self.options.append(options)
         self.running.add(request_id)
@@ -68,6 +74,7 @@ class FakeEngine:
             if options.ignore_eos:
                 text = (text * (options.max_tokens // max(len(text), 1) + 1))[: options.max_tokens]
             text = text[: options.max_tokens]
+            cache = {"num_cached_tokens": cached, "num_cache_write_tokens": written}
             if self.gate is not None and not text:
                 await self.gate.wait()
             for i, ch in enumerate(text):
@@ -81,11 +88,18 @@ class FakeEngine:
                     await asyncio.sleep(self.token_delay)
                 last = i == len(text) - 1
                 reason = ("length" if len(text) >= options.max_tokens else "stop") if last else None
-                yield EngineOutput(ch, 1, len(prompt_token_ids), reason)
+                yield EngineOutput(ch, 1, len(prompt_token_ids), reason, **cache)
             if not text:
-                yield EngineOutput("", 0, len(prompt_token_ids), "length")
+                yield EngineOutput("", 0, len(prompt_token_ids), "length", **cache)
         finally:
             self.running.discard(request_id)
+
+    def _cached(self, prompt: list[int], block: int = 16) -> int:
+        longest = 0
+        for earlier in self.prompts:
+            common = next((i for i, (a, b) in enumerate(zip(prompt, earlier, strict=False)) if a != b), None)
+            longest = max(longest, min(len(prompt), len(earlier)) if common is None else common)
+        return min(longest, len(prompt) - 1) // block * block
 
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)

@@ -162,7 +162,12 @@ class Postgres:
             self.process = subprocess.Popen(
                 postgres, stdout=log, stderr=subprocess.STDOUT, user=self.run_as, group=self.run_as, cwd=self.directory
             )
-        _wait_for(lambda: _port_open(self.port), "postgres", self.process, self.log, 60)
+        # The port opens before the server accepts connections ("the database system is starting up").
+        _wait_for(self._accepts, "postgres", self.process, self.log, 60)
+
+    def _accepts(self) -> bool:
+        ready = [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        return subprocess.run(ready, capture_output=True, timeout=10).returncode == 0
 
     def stop(self) -> None:
         _stop(self.process, signal.SIGINT)  # "fast" shutdown

@@ -46,6 +46,9 @@ class ChatSSE:
     def __init__(self, message_id: str) -> None:
         self.message_id = message_id
 
+    def opening(self) -> bytes:
+        return b""
+
     def delta(self, output: EngineOutput) -> bytes:
         return delta_event(output.text) if output.text else b""
 

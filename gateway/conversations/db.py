@@ -9,12 +9,13 @@ database, and a lock whose holder died lapses when it expires.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
+
+from gateway.sql import SQL_URL_FORMS, TIMEOUT, Connection, sql_dialect
 
 DeleteResult = Literal["deleted", "missing", "busy"]
 # What a save writes: the conversation (prompt, title, turns) and its generation parameters.
@@ -68,11 +69,12 @@ class ConversationDB(Protocol):
 
 def open_db(url: str) -> ConversationDB:
     """`sqlite:///relative/path`, `sqlite:////absolute/path`, or `postgresql://user@host/db`."""
-    if url.startswith("sqlite:///"):
+    dialect = sql_dialect(url)
+    if dialect == "sqlite":
         return SQLiteDB(url.removeprefix("sqlite:///"))
-    if url.startswith(("postgresql://", "postgres://")):
+    if dialect == "postgresql":
         return PostgresDB(url)
-    raise ValueError(f"unknown conversation database {url!r}: use sqlite:///PATH or postgresql://...")
+    raise ValueError(f"unknown conversation database {url!r}: use {SQL_URL_FORMS}")
 
 
 _COLUMNS = "id, title, turns, created_at, updated_at, prompt, params"
@@ -114,21 +116,10 @@ class SQLiteDB:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._conn: Any = None
-        self._opening = asyncio.Lock()
+        self._connection = Connection(f"sqlite:///{self.path}", _SQLITE_SCHEMA)
 
     async def _db(self) -> Any:
-        async with self._opening:
-            if self._conn is None:
-                import aiosqlite
-
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = await aiosqlite.connect(self.path, timeout=5.0)
-                await conn.execute("PRAGMA journal_mode=WAL")
-                await conn.executescript(_SQLITE_SCHEMA)
-                await conn.commit()
-                self._conn = conn
-            return self._conn
+        return await self._connection.get()
 
     async def _write(self, sql: str, *args: Any) -> int:
         conn = await self._db()
@@ -199,10 +190,7 @@ class SQLiteDB:
         await self._write(sql, cid, owner)
 
     async def close(self) -> None:
-        async with self._opening:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                await conn.close()
+        await self._connection.close()
 
 
 # Lock times come from the database's clock, so replicas with skewed clocks agree.
@@ -228,26 +216,13 @@ CREATE INDEX IF NOT EXISTS conversations_by_user ON conversations (user_id, upda
 class PostgresDB:
     """A PostgreSQL database shared by several gateway replicas (asyncpg pool)."""
 
-    def __init__(self, dsn: str, *, timeout: float = 5.0) -> None:
+    def __init__(self, dsn: str, *, timeout: float = TIMEOUT) -> None:
         self.dsn = dsn
         self.timeout = timeout
-        self._pool: Any = None
-        self._opening = asyncio.Lock()
+        self._connection = Connection(dsn, _PG_SCHEMA, timeout=timeout)
 
     async def _db(self) -> Any:
-        async with self._opening:
-            if self._pool is None:
-                import asyncpg
-
-                pool = await asyncpg.create_pool(
-                    self.dsn, min_size=1, max_size=10, timeout=self.timeout, command_timeout=self.timeout
-                )
-                async with pool.acquire() as conn, conn.transaction():
-                    # Replicas starting together would race on CREATE TABLE IF NOT EXISTS.
-                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('chatstream-gateway schema'))")
-                    await conn.execute(_PG_SCHEMA)
-                self._pool = pool
-            return self._pool
+        return await self._connection.get()
 
     async def _execute(self, sql: str, *args: Any) -> int:
         pool = await self._db()
@@ -311,7 +286,4 @@ class PostgresDB:
         await self._execute(sql, cid, owner)
 
     async def close(self) -> None:
-        async with self._opening:
-            pool, self._pool = self._pool, None
-            if pool is not None:
-                await pool.close()
+        await self._connection.close()

@@ -54,7 +54,8 @@ class EngineOutput:
     runner sets it). `logprobs`, `prompt_logprobs` and `stop_reason` are the
     engine's own records (for vLLM: its per-token logprob dicts, the prompt's, and
     the stop string or token that ended the answer), there when the native
-    parameters asked for them.
+    parameters asked for them. `num_cached_tokens` counts the prompt's tokens
+    that the engine's prefix cache served, `num_cache_write_tokens` those it newly cached.
     """
 
     text: str
@@ -67,6 +68,10 @@ class EngineOutput:
     logprobs: Any = None
     prompt_logprobs: Any = None
     stop_reason: int | str | None = None
+    # Of the prompt's tokens, how many the engine's prefix cache served, and how many it newly
+    # cached (vLLM's num_cached_tokens and num_cache_creation_tokens).
+    num_cached_tokens: int = 0
+    num_cache_write_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

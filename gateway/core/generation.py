@@ -67,6 +67,9 @@ class Outcome:
     # A delta reached the client (with text, or only tokens or logprobs: what counts as streaming).
     streamed: bool = False
     prompt_tokens: int = 0
+    # Of `prompt_tokens`, those the engine's prefix cache served, and those it newly cached.
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None
     engine_started: bool = False
@@ -74,6 +77,10 @@ class Outcome:
     status: int = 200
     error: BaseException | None = None
     state: CompletionState | None = None
+
+    def count_prompt(self, tokens: int, cached: int, cache_write: int) -> None:
+        """What the engine reports of the prompt(s): their tokens, those cached before and those cached now."""
+        self.prompt_tokens, self.cached_tokens, self.cache_write_tokens = tokens, cached, cache_write
 
     @property
     def text(self) -> str:

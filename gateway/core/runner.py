@@ -33,7 +33,7 @@ from gateway.core.admission import CLAIM_STATE
 from gateway.core.claims import Admission, Claim
 from gateway.core.completion import CompletionCallback, CompletionState, fire_callback
 from gateway.core.direct_send import direct_send
-from gateway.core.engine import Engine, EngineDead
+from gateway.core.engine import Engine, EngineDead, EngineOutput
 from gateway.core.errors import EngineUnavailable, GatewayError, error_headers
 from gateway.core.generation import GenerationRequest, Outcome
 from gateway.core.metrics import Metrics
@@ -165,6 +165,9 @@ class GenerationRunner:
         lock = asyncio.Lock()
         tg.start_soon(self._keep_alive, stream, outcome, lock, tg.cancel_scope)
         try:
+            opening = stream.fmt.opening()
+            if opening:
+                await self._send_body(stream, lock, opening)
             await self._pump(gen, outcome, stream, lock)
         except _ClientGone:
             stream.closed = True
@@ -173,8 +176,9 @@ class GenerationRunner:
     async def _pump(self, gen: GenerationRequest, outcome: Outcome, stream: _Stream, lock: asyncio.Lock) -> None:
         metrics, fmt = self.metrics, stream.fmt
         outcome.engine_started = True
-        # Several prompts: each reports its own prompt length (one prompt: no dict on the token path).
-        prompt_tokens: dict[int, int] | None = {} if gen.extra_prompts else None
+        # Several prompts: each reports its own prompt length and cache hits (one prompt: no dict on
+        # the token path).
+        prompt_tokens: dict[int, EngineOutput] | None = {} if gen.extra_prompts else None
         try:
             async with aclosing(generation_outputs(self.engine, gen)) as outputs:
                 async for out in outputs:
@@ -187,10 +191,15 @@ class GenerationRunner:
                             metrics.itl.observe((now - outcome.last_token_at) / out.num_new_tokens, out.num_new_tokens)
                         outcome.last_token_at = now
                     if prompt_tokens is None:
-                        outcome.prompt_tokens = out.num_prompt_tokens
+                        outcome.count_prompt(out.num_prompt_tokens, out.num_cached_tokens, out.num_cache_write_tokens)
                     else:
-                        prompt_tokens[out.prompt_index] = out.num_prompt_tokens
-                        outcome.prompt_tokens = sum(prompt_tokens.values())
+                        prompt_tokens[out.prompt_index] = out
+                        outs = prompt_tokens.values()
+                        outcome.count_prompt(
+                            sum(o.num_prompt_tokens for o in outs),
+                            sum(o.num_cached_tokens for o in outs),
+                            sum(o.num_cache_write_tokens for o in outs),
+                        )
                     outcome.completion_tokens += out.num_new_tokens
                     if out.finish_reason is not None:
                         outcome.finish_reason = out.finish_reason

@@ -17,6 +17,16 @@ class StreamFormat(Protocol):
     headers: list[tuple[bytes, bytes]]
     ping: bytes
 
+    def opening(self) -> bytes:
+        """What to send once the generation is admitted, before its first output.
+
+        b"" sends nothing: the status line then waits for the first output, so a failure
+        before it (engine dead, a prompt vLLM refuses) is still a real status. A format that
+        opens early (Responses: the client learns the response id while prefill runs) reports
+        such a failure inside the stream instead.
+        """
+        ...
+
     def delta(self, output: EngineOutput) -> bytes:
         """What to send for one engine output; b"" sends nothing (a body spelled at the end, held-back text)."""
         ...

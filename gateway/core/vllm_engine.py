@@ -230,6 +230,8 @@ class VLLMEngine:
             async for out in stream:
                 started = True
                 num_prompt_tokens = len(out.prompt_token_ids or ())
+                num_cached_tokens = out.num_cached_tokens or 0
+                num_cache_write_tokens = out.num_cache_creation_tokens or 0
                 prompt_logprobs = out.prompt_logprobs
                 for completion in out.outputs:
                     reason = completion.finish_reason
@@ -245,6 +247,8 @@ class VLLMEngine:
                         logprobs=completion.logprobs,
                         prompt_logprobs=prompt_logprobs,
                         stop_reason=completion.stop_reason,
+                        num_cached_tokens=num_cached_tokens,
+                        num_cache_write_tokens=num_cache_write_tokens,
                     )
                     prompt_logprobs = None  # once per request output, with its first answer
         except EngineDeadError as exc:

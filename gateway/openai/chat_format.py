@@ -134,7 +134,7 @@ class ChatFormat(BaseFormat):
         body: dict[str, Any] = {
             **self.head,
             "choices": [self._choice(answer) for answer in self.answers_in_order()],
-            "usage": usage(outcome.prompt_tokens, outcome.completion_tokens, reasoning),
+            "usage": self.usage(outcome, outcome.completion_tokens, reasoning),
         }
         if self._prompt_records is not None:
             body["prompt_logprobs"] = prompt_logprobs_json(self._prompt_records)

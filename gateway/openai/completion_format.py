@@ -110,7 +110,7 @@ class CompletionFormat(BaseFormat):
         if self.streaming:
             return self.usage_event(outcome, completion_tokens) + DONE
         choices = [self._choice(answer) for answer in self.answers_in_order()]
-        return dumps({**self.head, "choices": choices, "usage": usage(outcome.prompt_tokens, completion_tokens)})
+        return dumps({**self.head, "choices": choices, "usage": self.usage(outcome, completion_tokens)})
 
     def _choice(self, answer: Answer) -> dict[str, Any]:
         spec = self.spec

@@ -43,13 +43,20 @@ def event(value: Any) -> bytes:
     return b"data: " + dumps(value) + b"\n\n"
 
 
-def usage(prompt: int, completion: int, reasoning: int | None = None) -> dict[str, Any]:
-    """OpenAI's usage; details only when there is something in them (never null)."""
+def usage(
+    prompt: int, completion: int, reasoning: int | None = None, cached: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """OpenAI's usage; details only when there is something in them (never null).
+
+    `cached`: the prompt tokens the prefix cache served and those it newly cached.
+    """
     body: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+    if cached is not None:
+        body["prompt_tokens_details"] = {"cached_tokens": cached[0], "cache_write_tokens": cached[1]}
     if reasoning is not None:
         body["completion_tokens_details"] = {"reasoning_tokens": reasoning}
     return body
@@ -95,7 +102,15 @@ class BaseFormat:
     def usage_event(self, outcome: Outcome, completion_tokens: int, reasoning: int | None = None) -> bytes:
         if not self.spec.include_usage:
             return b""
-        return event({**self.head, "choices": [], "usage": usage(outcome.prompt_tokens, completion_tokens, reasoning)})
+        return event({**self.head, "choices": [], "usage": self.usage(outcome, completion_tokens, reasoning)})
+
+    def usage(self, outcome: Outcome, completion_tokens: int, reasoning: int | None = None) -> dict[str, Any]:
+        """The usage of a whole generation (with the prefix cache's share when the server reports it)."""
+        cached = (outcome.cached_tokens, outcome.cache_write_tokens) if self.spec.cached_details else None
+        return usage(outcome.prompt_tokens, completion_tokens, reasoning, cached)
+
+    def opening(self) -> bytes:
+        return b""  # a chunk names no state: the first one carries the first token
 
     def error(self, error: GatewayError) -> bytes:
         return event(openai_error_body(error)) + DONE

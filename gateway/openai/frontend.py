@@ -89,6 +89,7 @@ class AnswerSpec:
     role: str = "assistant"
     parser: Callable[[list[int]], AnswerParser] | None = None  # given the prompt's token ids
     reasoning_details: bool = False  # usage counts reasoning tokens
+    cached_details: bool = False  # usage counts the prompt tokens served from the prefix cache
     decode: Callable[[int], str] | None = None  # a token id's text, where the engine gave none
 
     @property

@@ -101,5 +101,6 @@ class PlainFrontend:
             streaming=request.stream,
             include_usage=request.include_usage,
             continuous_usage=request.continuous_usage,
+            cached_details=config.enable_prompt_tokens_details,
         )
         return Prepared([Prompt(ids, None, options)], spec, request.priority, request.user)

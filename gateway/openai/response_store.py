@@ -1,4 +1,4 @@
-"""Stored responses and conversations, kept in the session store (memory or Redis).
+"""Stored responses and conversations, kept in the session store (memory, Redis or SQL).
 
 One model: a record of items. A response record holds the response as it was
 answered, its input items and the id of the response it continued, so a chain
@@ -6,8 +6,8 @@ is walked record by record (each load refreshes its idle timeout: a chain in
 use stays alive); a conversation record holds its metadata and its items in
 order. Records live in the same `SessionStore` as the HTTP sessions, keyed by
 their unguessable ids, under the same bounds (idle timeout, count, bytes per
-record), so any replica sharing the store continues any chain, and on Redis a
-restart loses nothing.
+record), so any replica sharing the store continues any chain, and on Redis or
+SQL a restart loses nothing.
 
 Each record names its owner (the API key's user, `anonymous` without keys).
 A record of another owner is answered exactly as an unknown id, so an id

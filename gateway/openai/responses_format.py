@@ -66,6 +66,10 @@ class ResponsesFormat:
 
     # --- per engine output -------------------------------------------------------------------
 
+    def opening(self) -> bytes:
+        # As OpenAI does: the client has the response's id and state while the prompt is prefilled.
+        return self._start() if self.streaming else b""
+
     def delta(self, output: EngineOutput) -> bytes:
         finished = output.finish_reason is not None
         if finished:
@@ -226,7 +230,10 @@ class ResponsesFormat:
             reasoning = self._parser.reasoning_tokens(self._token_ids)
         usage = {
             "input_tokens": outcome.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "input_tokens_details": {
+                "cached_tokens": outcome.cached_tokens,
+                "cache_write_tokens": outcome.cache_write_tokens,
+            },
             "output_tokens": outcome.completion_tokens,
             "output_tokens_details": {"reasoning_tokens": reasoning},
             "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,

@@ -163,6 +163,7 @@ class VLLMFrontend:
             tokens_as_ids=self._tokens_as_ids(request.return_tokens_as_token_ids),
             parser=parser_factory,
             reasoning_details=parser_cls is not None and parser_cls.reasoning_parser_cls is not None,
+            cached_details=self.config.enable_prompt_tokens_details,
             decode=self._decode,
         )
         return Prepared([Prompt(ids, engine_input.get("prompt"), options)], spec, request.priority, request.user)
@@ -206,6 +207,7 @@ class VLLMFrontend:
             continuous_usage=continuous_usage,
             return_token_ids=bool(request.return_token_ids),
             tokens_as_ids=self._tokens_as_ids(request.return_tokens_as_token_ids),
+            cached_details=self.config.enable_prompt_tokens_details,
             decode=self._decode,
         )
         return Prepared(prompts, spec, request.priority, request.user)

@@ -3,11 +3,13 @@
 from gateway.sessions.cookie import SessionCookie
 from gateway.sessions.middleware import Session, SessionContext, SessionMiddleware
 from gateway.sessions.redis_store import RedisStore
+from gateway.sessions.sql_store import SQLStore
 from gateway.sessions.stores import MemoryStore, SessionStore
 
 __all__ = [
     "MemoryStore",
     "RedisStore",
+    "SQLStore",
     "Session",
     "SessionContext",
     "SessionCookie",

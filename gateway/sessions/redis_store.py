@@ -4,8 +4,8 @@ Each session is a Redis hash (one JSON field per session key, so two requests
 that change different keys never overwrite each other) with an idle TTL that
 every load and save refreshes. The generation lock is a `SET NX PX` key owned
 by a random token, so it holds across replicas and frees itself if a replica
-dies while holding it. While a replica holds a lock it renews it every third
-of `lock_timeout`, so a generation longer than `lock_timeout` keeps its lock,
+dies while holding it. While a replica holds a lock it renews it
+(`LockRenewal`), so a generation longer than `lock_timeout` keeps its lock,
 and a dead replica's lock lapses within `lock_timeout`.
 
 Bounds, kept by the store itself rather than by Redis's eviction (which cannot
@@ -26,8 +26,6 @@ by itself when it returns.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -37,9 +35,8 @@ from redis.backoff import NoBackoff
 
 from gateway.core.errors import SessionTooLarge
 from gateway.sessions.codec import decode_session, encode_value
+from gateway.sessions.lock_renewal import LockRenewal
 from gateway.settings import MiB
-
-logger = logging.getLogger(__name__)
 
 # Deletes the lock only if the caller still owns it.
 _UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
@@ -123,8 +120,7 @@ class RedisStore:
         self._index = f"{prefix}sessions-by-use"
         self._save = client.register_script(_SAVE)
         self._touch = client.register_script(_TOUCH)
-        self._renewers: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self._sleep = sleep  # how lock renewers wait (a seam: tests move time by hand)
+        self._renewal = LockRenewal(lock_timeout, self._renew, sleep)
 
     @classmethod
     def from_url(
@@ -175,42 +171,19 @@ class RedisStore:
     async def try_lock(self, session_id: str, owner: str) -> bool:
         taken = bool(await self.client.set(self._lock_key(session_id), owner, nx=True, px=self._lock_ms))
         if taken:
-            holder = asyncio.current_task()
-            self._renewers[session_id, owner] = asyncio.create_task(self._renew(session_id, owner, holder))
+            self._renewal.start(session_id, owner)
         return taken
 
     async def unlock(self, session_id: str, owner: str) -> None:
-        renewer = self._renewers.pop((session_id, owner), None)
-        if renewer is not None:
-            renewer.cancel()
+        self._renewal.stop(session_id, owner)
         await self.client.eval(_UNLOCK, 1, self._lock_key(session_id), owner)
 
-    async def _renew(self, session_id: str, owner: str, holder: asyncio.Task[Any] | None) -> None:
-        key = self._lock_key(session_id)
-        while True:
-            await self._sleep(self.lock_timeout / 3)
-            if holder is not None and holder.done():  # its request ended without unlocking: let it lapse
-                logger.warning("a session lock outlived its request: it lapses in %.0f s", self.lock_timeout)
-                self._renewers.pop((session_id, owner), None)
-                return
-            try:
-                held = await self.client.eval(_RENEW, 1, key, owner, self._lock_ms)
-            except Exception as exc:  # Redis briefly away: the lock still has two thirds of its time
-                logger.warning("could not renew a session lock: %s", type(exc).__name__)
-                continue
-            if not held:
-                logger.warning("a session lock expired while its generation was running")
-                self._renewers.pop((session_id, owner), None)
-                return
+    async def _renew(self, session_id: str, owner: str) -> bool:
+        return bool(await self.client.eval(_RENEW, 1, self._lock_key(session_id), owner, self._lock_ms))
 
     async def ping(self) -> None:
         await self.client.ping()
 
     async def close(self) -> None:
-        for renewer in self._renewers.values():
-            renewer.cancel()
-        for renewer in list(self._renewers.values()):
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-        self._renewers.clear()
+        await self._renewal.close()
         await self.client.aclose()

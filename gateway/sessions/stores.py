@@ -1,11 +1,11 @@
 """Session stores: where session data lives between requests.
 
 Every store has the same small async interface, so the in-process
-`MemoryStore` and the shared `RedisStore` are interchangeable. A store also
-owns the per-session generation lock, because only the store can make that
-lock hold across several gateway replicas.
+`MemoryStore` and the shared `RedisStore` and `SQLStore` (SQLite, PostgreSQL)
+are interchangeable. A store also owns the per-session generation lock,
+because only the store can make that lock hold across several gateway replicas.
 
-Both stores are bounded three ways: an idle timeout, a count (`max_sessions`,
+Every store is bounded three ways: an idle timeout, a count (`max_sessions`,
 the least recently used session goes first) and bytes (`max_session_bytes`
 per session, measured as stored; `MemoryStore` also bounds its total). Values
 are kept encoded (`codec`), so a request always works on its own copy of a

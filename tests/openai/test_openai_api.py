@@ -73,6 +73,39 @@ async def test_include_usage_adds_a_usage_chunk_before_done(client: httpx.AsyncC
     assert usage["usage"] == {**expected, "total_tokens": prompt_tokens + len(ANSWER)}
 
 
+async def test_enable_prompt_tokens_details_reports_the_cached_prompt_tokens_in_chat_and_completions(
+    fake_engine: FakeEngine,
+) -> None:
+    fake_engine.prefix_cache = True
+    question = [{"role": "user", "content": "q" * 40}]
+    async with (
+        running_gateway(fake_engine, enable_prompt_tokens_details=True) as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=30) as client,
+    ):
+        chats = [(await client.post("/v1/chat/completions", json=chat_body(messages=question))).json() for _ in "ab"]
+        body = chat_body(messages=question, stream=True, stream_options={"include_usage": True})
+        streamed = chunks((await client.post("/v1/chat/completions", json=body)).text)[-1]
+        prompt = {"model": "fake-model", "prompt": "q" * 40}
+        completions = [(await client.post("/v1/completions", json=prompt)).json() for _ in "ab"]
+    for answer in chats:
+        validate("CreateChatCompletionResponse", answer)
+    blocks = len(fake_engine.prompts[0]) // 16 * 16
+    cached = (len(fake_engine.prompts[0]) - 1) // 16 * 16  # whole blocks, never the last token (as vLLM)
+    assert [c["usage"]["prompt_tokens_details"] for c in chats] == [
+        {"cached_tokens": 0, "cache_write_tokens": blocks},
+        {"cached_tokens": cached, "cache_write_tokens": blocks - cached},
+    ]
+    assert streamed["usage"]["prompt_tokens_details"] == {
+        "cached_tokens": cached,
+        "cache_write_tokens": blocks - cached,
+    }
+    validate_completion(completions[1])
+    assert [c["usage"]["prompt_tokens_details"] for c in completions] == [
+        {"cached_tokens": 0, "cache_write_tokens": 32},
+        {"cached_tokens": 32, "cache_write_tokens": 0},
+    ]
+
+
 async def test_an_answer_without_text_still_sends_the_role(client: httpx.AsyncClient, fake_engine: FakeEngine) -> None:
     fake_engine.answer = ""
     r = await client.post("/v1/chat/completions", json=chat_body(stream=True))

@@ -101,6 +101,54 @@ async def test_the_official_client_gets_an_answer_whose_usage_counts_its_tokens(
         assert after - before == TOKENS
 
 
+async def test_a_repeated_prompt_reports_the_tokens_vllms_prefix_cache_served(
+    gateway: Gateway, real_engine: VLLMEngine
+) -> None:
+    # Regression: usage.input_tokens_details.cached_tokens was always 0.
+    prompt = "the gateway keeps the conversation " * 30  # long enough to fill whole KV blocks: only those are cached
+    async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0) as api:
+        answers = [
+            await api.responses.create(model=real_engine.model_name, input=prompt, max_output_tokens=4, store=False)
+            for _ in range(2)
+        ]
+    first, second = (answer.usage for answer in answers)
+    assert first is not None and second is not None
+    assert second.input_tokens == first.input_tokens
+    assert 0 < second.input_tokens_details.cached_tokens < second.input_tokens
+    # What the first request wrote to the cache is what the second one found there.
+    assert second.input_tokens_details.cached_tokens == first.input_tokens_details.cache_write_tokens
+
+
+async def test_with_prompt_tokens_details_chat_usage_reports_the_cached_prompt_tokens(
+    real_engine: VLLMEngine,
+) -> None:
+    # Long enough to fill whole KV blocks: only those are cached.
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "a cached question " * 40}]
+    async with (
+        running_gateway(real_engine, lifespan="off", enable_prompt_tokens_details=True) as gw,
+        openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0) as api,
+    ):
+        usages = []
+        for stream in (False, True):
+            if not stream:
+                done = await api.chat.completions.create(model=real_engine.model_name, messages=messages, max_tokens=4)
+                usages.append(done.usage)
+                continue
+            chunks = await api.chat.completions.create(
+                model=real_engine.model_name,
+                messages=messages,
+                max_tokens=4,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            usages += [chunk.usage async for chunk in chunks if chunk.usage is not None]
+    first, second = usages
+    assert first is not None and first.prompt_tokens_details is not None
+    assert second is not None and second.prompt_tokens_details is not None
+    assert second.prompt_tokens_details.cached_tokens is not None
+    assert 0 < second.prompt_tokens_details.cached_tokens < second.prompt_tokens
+
+
 async def test_completions_encode_the_prompt_as_given(gateway: Gateway, real_engine: VLLMEngine) -> None:
     async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0) as api:
         async with asyncio.timeout(120):

@@ -8,6 +8,7 @@ replicas sharing Redis are in test_responses_replicas.py.
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ from gateway import CompletionState
 from tests.fakes import FakeEngine
 from tests.gateway_app import Gateway
 from tests.openai_spec import validate, validate_responses_sse
+from tests.sse_client import iter_events
 
 ANSWER = "Hello from the fake engine."
 
@@ -65,6 +67,23 @@ async def test_previous_response_id_continues_the_stored_chain_without_its_instr
         f"<user>two</user><assistant>{ANSWER}</assistant><user>three</user><assistant>"
     )
     assert second["previous_response_id"] == first["id"]
+
+
+async def test_usage_reports_the_prompt_tokens_the_engine_served_from_its_prefix_cache(
+    alice: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    # Regression: input_tokens_details.cached_tokens was always 0, whatever the engine reused.
+    fake_engine.prefix_cache = True
+    first = await respond(alice, input="one " * 20)
+    second = await respond(alice, input="two", previous_response_id=first["id"])
+    # The chain renders the first turn as before: its prompt, in whole blocks, comes from the cache.
+    blocks = [len(prompt) // 16 * 16 for prompt in fake_engine.prompts]
+    assert first["usage"]["input_tokens_details"] == {"cached_tokens": 0, "cache_write_tokens": blocks[0]}
+    assert second["usage"]["input_tokens_details"] == {
+        "cached_tokens": blocks[0],
+        "cache_write_tokens": blocks[1] - blocks[0],
+    }
+    assert blocks[0] > 0
 
 
 async def test_two_continuations_of_one_response_fork_the_chain(
@@ -156,6 +175,26 @@ async def test_the_stream_sends_openai_events_in_order_and_stores_the_completed_
     assert text_of(completed) == ANSWER
     stored = (await alice.get(f"/v1/responses/{completed['id']}")).json()
     assert stored == completed
+
+
+async def test_a_stream_names_its_response_as_soon_as_it_is_admitted_before_the_first_token(
+    alice: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    # Regression: response.created and response.in_progress waited for the first token, so a
+    # client had no response id (nor any event) while the prompt was prefilled.
+    fake_engine.gate = asyncio.Event()
+    body = {"model": "fake-model", "input": "hi", "stream": True}
+    async with asyncio.timeout(30), alice.stream("POST", "/v1/responses", json=body) as r:
+        assert r.status_code == 200
+        async with aclosing(iter_events(r)) as events:
+            opening = [await anext(events), await anext(events)]
+            assert [e.event for e in opening] == ["response.created", "response.in_progress"]
+            assert fake_engine.running and not fake_engine.gate.is_set()  # no token has been generated
+            fake_engine.gate.set()
+            rest = [e.event async for e in events]
+    assert rest[0] == "response.output_item.added" and rest[-1] == "response.completed"
+    stored = (await alice.get(f"/v1/responses/{opening[0].data['response']['id']}")).json()
+    assert stored["status"] == "completed" and text_of(stored) == ANSWER
 
 
 async def test_max_output_tokens_makes_an_incomplete_response(alice: httpx.AsyncClient) -> None:

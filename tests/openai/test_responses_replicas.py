@@ -1,9 +1,10 @@
 """The Responses and Conversations APIs with the official SDK, on the real engine, across two replicas.
 
 Two gateways (two whole apps, each with its own store client, routes and admission) share one
-real Redis, as replicas behind a router would; they share the run's one engine too, to keep
+store, as replicas behind a router would: a real Redis, and once an SQLite file (each replica
+its own connection, as two processes would have). They share the run's one engine too, to keep
 one vLLM engine per test run. "Restarting both" ends both apps and starts two new ones: what
-survives is what Redis keeps.
+survives is what the store keeps.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 import openai
 import pytest
 
+from gateway import Settings
+from gateway.app import make_store
 from gateway.core.vllm_engine import VLLMEngine
-from gateway.sessions import RedisStore
 from tests.gateway_app import running_gateway
 from tests.openai_spec import validate, validate_response_events
 from tests.servers import RedisServer
@@ -62,9 +64,18 @@ def keys_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(params=["redis", "sqlite"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The `--session-store` both replicas are given."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/gateway.db"
+    redis: RedisServer = request.getfixturevalue("redis_server")
+    return redis.url
+
+
 @asynccontextmanager
-async def replicas(engine: VLLMEngine, redis: RedisServer, keys: Path) -> AsyncIterator[list[str]]:
-    """Two gateways on `engine` sharing `redis`: their base URLs."""
+async def replicas(engine: VLLMEngine, store_url: str, keys: Path) -> AsyncIterator[list[str]]:
+    """Two gateways on `engine` sharing the store at `store_url`: their base URLs."""
     settings: dict[str, Any] = {
         "keys_file": keys,
         "served_model_name": [MODEL],
@@ -74,7 +85,7 @@ async def replicas(engine: VLLMEngine, redis: RedisServer, keys: Path) -> AsyncI
     async with AsyncExitStack() as stack:
         urls = []
         for _ in "ab":
-            store = RedisStore.from_url(redis.url)
+            store = make_store(Settings(session_store=store_url))
             stack.push_async_callback(store.close)
             gateway = await stack.enter_async_context(running_gateway(engine, lifespan="off", store=store, **settings))
             urls.append(gateway.url + "/v1")
@@ -91,10 +102,10 @@ def checked(response: Any) -> Any:
 
 
 async def test_a_chain_continues_streams_and_is_deleted_across_replicas_and_survives_a_restart(
-    real_engine: VLLMEngine, redis_server: RedisServer, keys_file: Path
+    real_engine: VLLMEngine, store_url: str, keys_file: Path
 ) -> None:
     async with (
-        replicas(real_engine, redis_server, keys_file) as (url_a, url_b),
+        replicas(real_engine, store_url, keys_file) as (url_a, url_b),
         sdk(url_a) as a,
         sdk(url_b) as b,
         sdk(url_b, "key-b") as other,
@@ -137,8 +148,8 @@ async def test_a_chain_continues_streams_and_is_deleted_across_replicas_and_surv
         with pytest.raises(openai.NotFoundError):
             await b.responses.retrieve(first.id)
 
-    # Both replicas restarted: what survives is in Redis.
-    async with replicas(real_engine, redis_server, keys_file) as (_, url_b), sdk(url_b) as b:
+    # Both replicas restarted: what survives is in the store.
+    async with replicas(real_engine, store_url, keys_file) as (_, url_b), sdk(url_b) as b:
         assert (await b.responses.retrieve(third.id)).output_text == third.output_text
         fourth = checked(
             await b.responses.create(
@@ -151,9 +162,9 @@ async def test_a_chain_continues_streams_and_is_deleted_across_replicas_and_surv
 
 
 async def test_conversations_end_to_end_across_replicas(
-    real_engine: VLLMEngine, redis_server: RedisServer, keys_file: Path
+    real_engine: VLLMEngine, store_url: str, keys_file: Path
 ) -> None:
-    async with replicas(real_engine, redis_server, keys_file) as (url_a, url_b), sdk(url_a) as a, sdk(url_b) as b:
+    async with replicas(real_engine, store_url, keys_file) as (url_a, url_b), sdk(url_a) as a, sdk(url_b) as b:
         conversation = await a.conversations.create(
             items=[{"type": "message", "role": "system", "content": "Be brief."}], metadata={"topic": "t"}
         )
@@ -178,9 +189,9 @@ async def test_conversations_end_to_end_across_replicas(
 
 
 async def test_a_forced_function_call_and_its_output_continue_the_chain(
-    real_engine: VLLMEngine, redis_server: RedisServer, keys_file: Path
+    real_engine: VLLMEngine, store_url: str, keys_file: Path
 ) -> None:
-    async with replicas(real_engine, redis_server, keys_file) as (url_a, url_b), sdk(url_a) as a, sdk(url_b) as b:
+    async with replicas(real_engine, store_url, keys_file) as (url_a, url_b), sdk(url_a) as a, sdk(url_b) as b:
         called = checked(
             await a.responses.create(
                 model=MODEL,

@@ -1,4 +1,4 @@
-"""RedisStore against a real redis-server (gateway.sessions.redis_store)."""
+"""RedisStore on a real redis-server: TTLs, index, renewals, outages (shared promises: test_store_contract)."""
 
 from __future__ import annotations
 
@@ -14,30 +14,10 @@ import redis.exceptions
 from gateway import ChatStream, Settings, create_app
 from gateway.core.errors import SessionTooLarge
 from gateway.sessions.redis_store import RedisStore
-from prompts import ChatPrompt
 from tests.fakes import FakeEngine
 from tests.live import serve
 from tests.servers import RedisServer
-
-
-class ManualSleep:
-    """The lock renewers' sleep, moved on by the test: `await tick()` runs each sleeping renewer once."""
-
-    def __init__(self) -> None:
-        self.sleeping: list[asyncio.Future[None]] = []
-
-    async def __call__(self, seconds: float) -> None:
-        done = asyncio.get_running_loop().create_future()
-        self.sleeping.append(done)
-        await done
-
-    async def tick(self) -> None:
-        async with asyncio.timeout(10):
-            while not self.sleeping:
-                await asyncio.sleep(0.005)
-        woken, self.sleeping = self.sleeping, []
-        for done in woken:
-            done.set_result(None)
+from tests.sessions.support import ManualSleep
 
 
 @pytest.fixture
@@ -78,29 +58,6 @@ async def until_gone(store: RedisStore, key: str) -> None:
     async with asyncio.timeout(10):
         while await store.client.exists(key):
             await asyncio.sleep(0.005)
-
-
-async def test_values_and_chat_prompts_round_trip(store: RedisStore) -> None:
-    prompt = ChatPrompt(system="be brief")
-    prompt.add_user("hello")
-    prompt.add_assistant("hi")
-    sid = new_id()
-    await store.save(sid, {"chat_prompt": prompt, "params": {"temperature": 0.5}}, ())
-    loaded = await store.load(sid)
-    assert loaded is not None
-    assert loaded["params"] == {"temperature": 0.5}
-    assert isinstance(loaded["chat_prompt"], ChatPrompt)
-    assert loaded["chat_prompt"].messages == prompt.messages and loaded["chat_prompt"].system == "be brief"
-    await store.delete(sid)
-    assert await store.load(sid) is None
-
-
-async def test_two_replicas_changing_different_keys_keep_both(store: RedisStore, other_replica: RedisStore) -> None:
-    sid = new_id()
-    await store.save(sid, {"a": 1, "gone": True}, ())
-    await other_replica.save(sid, {"b": 2}, ["gone"])
-    await store.save(sid, {"a": 3}, ())
-    assert await other_replica.load(sid) == {"a": 3, "b": 2}
 
 
 async def test_loading_refreshes_the_idle_ttl(store: RedisStore) -> None:
@@ -176,19 +133,6 @@ async def test_sessions_redis_expired_leave_the_index(redis_server: RedisServer,
         await short.close()
 
 
-async def test_the_lock_holds_across_replicas_and_only_its_owner_releases_it(
-    store: RedisStore, other_replica: RedisStore
-) -> None:
-    sid = new_id()
-    assert await store.try_lock(sid, "owner-1")
-    assert not await other_replica.try_lock(sid, "owner-2")
-    await other_replica.unlock(sid, "owner-2")  # not its lock: nothing happens
-    assert not await other_replica.try_lock(sid, "owner-2")
-    await store.unlock(sid, "owner-1")
-    assert await other_replica.try_lock(sid, "owner-2")
-    await other_replica.unlock(sid, "owner-2")
-
-
 async def test_a_lock_outlives_lock_timeout_while_held_and_lapses_when_its_holder_dies(
     store: RedisStore, other_replica: RedisStore, ticks: ManualSleep
 ) -> None:
@@ -221,7 +165,7 @@ async def test_a_lock_whose_request_ended_without_unlocking_is_no_longer_renewed
     await asyncio.create_task(request_that_forgets_to_unlock())
     await ticks.tick()
     async with asyncio.timeout(10):  # the renewer saw its request gone and stopped
-        while store._renewers:
+        while store._renewal.tasks:
             await asyncio.sleep(0.005)
     assert not await other_replica.try_lock(sid, "next")  # still held until its time runs out
     await store.client.pexpire(key, 1)
