@@ -218,7 +218,8 @@ class Config(BaseModel):
         if self.api_processes > 1 and self.session_store == "memory":
             raise ValueError(
                 "api_processes > 1 needs a session store every process shares: the memory store is per process "
-                "(each process would keep its own users' sessions and stored responses); give --session-store"
+                "(each process would keep its own users' sessions and stored responses); give --session-store "
+                "redis://..., sqlite:///PATH or postgresql://..."
             )
         if self.enable_auto_tool_choice and not self.tool_call_parser:
             raise ValueError("--enable-auto-tool-choice requires --tool-call-parser")
