@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -72,6 +72,20 @@ def nginx_log(nginx: Nginx) -> list[dict[str, str]]:
         fields["request"] = line.split('"')[1]
         entries.append(fields)
     return entries
+
+
+async def logged_after(
+    nginx: Nginx, mark: int, count: int, where: Callable[[dict[str, str]], bool]
+) -> list[dict[str, str]]:
+    """The entries past the first `mark` lines of the log that `where` selects, once there are `count`.
+
+    nginx writes a request's line when the request ends, which may be just after
+    the client has read its response: read too soon, the log lacks the last one.
+    """
+    async with asyncio.timeout(30):
+        while len(found := [e for e in nginx_log(nginx)[mark:] if where(e)]) < count:
+            await asyncio.sleep(0.05)
+    return found
 
 
 async def chat_turn(client: httpx.AsyncClient, text: str, headers: dict[str, str] | None = None) -> httpx.Response:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.gateway_app import replica_pin
-from tests.routing.cluster import SHORT_ANSWERS, Cluster, busy, chat_turn, nginx_log, refusals
+from tests.routing.cluster import SHORT_ANSWERS, Cluster, busy, chat_turn, logged_after, nginx_log, refusals
 
 pytestmark = pytest.mark.engine
 
@@ -26,6 +26,7 @@ async def browser(cluster: Cluster) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_every_turn_of_a_conversation_lands_on_one_replica_including_the_first(cluster: Cluster) -> None:
+    mark = len(nginx_log(cluster.nginx))
     async with asyncio.timeout(300):
         for conversation in range(3):
             async with browser(cluster) as client:
@@ -37,7 +38,7 @@ async def test_every_turn_of_a_conversation_lands_on_one_replica_including_the_f
                     r = await chat_turn(client, f"turn {turn}")
                     assert r.headers["x-chatstream-replica"] == served
                     assert replica_pin(r) is None  # already pinned there
-    turns = [e for e in nginx_log(cluster.nginx) if e["request"].startswith("POST /chat_stream")][-12:]
+    turns = await logged_after(cluster.nginx, mark, 12, is_turn)
     # Each first turn was unpinned; every later one was pinned, and went straight there.
     assert [bool(e["pin"]) for e in turns] == [False, True, True, True] * 3
     assert all(e["upstream_status"] == "200" for e in turns)
@@ -67,6 +68,7 @@ async def test_a_turn_whose_replica_is_busy_is_served_by_the_other_with_the_full
     cluster: Cluster, name: str, refused_with: str
 ) -> None:
     busy_replica = cluster.replica(name)
+    mark = len(nginx_log(cluster.nginx))
     async with asyncio.timeout(300), browser(cluster) as client:
         await client.post("/set_generation_params", json=SHORT_ANSWERS, headers={"x-chatstream-replica": name})
         first = await chat_turn(client, "before the rush")
@@ -86,13 +88,14 @@ async def test_a_turn_whose_replica_is_busy_is_served_by_the_other_with_the_full
         "during the rush",
         "after the rush",
     ]
-    spilled = [e for e in nginx_log(cluster.nginx) if e["pin"] == name and e["replica"] == other]
-    assert spilled[-1]["upstream_status"] == f"{refused_with}, 200"
+    spilled = await logged_after(cluster.nginx, mark, 1, lambda e: e["pin"] == name and e["replica"] == other)
+    assert [e["upstream_status"] for e in spilled] == [f"{refused_with}, 200"]
 
 
 async def test_new_conversations_go_to_the_replica_with_fewer_streams(cluster: Cluster) -> None:
     """Both engines paused: the first new conversation holds one replica, so the second takes the other at once."""
     clients = [httpx.AsyncClient(base_url=cluster.nginx.url, timeout=120) for _ in range(2)]
+    mark = len(nginx_log(cluster.nginx))
     try:
         async with asyncio.timeout(120):
             with cluster.replicas[0].engine_paused(), cluster.replicas[1].engine_paused():
@@ -109,7 +112,11 @@ async def test_new_conversations_go_to_the_replica_with_fewer_streams(cluster: C
     assert one.status_code == two.status_code == 200
     assert {one.headers["x-chatstream-replica"], two.headers["x-chatstream-replica"]} == {"gateway-1", "gateway-2"}
     # Neither was refused first: the second went to the idle replica, not by chance after a 429/503.
-    assert [e["upstream_status"] for e in nginx_log(cluster.nginx)[-2:]] == ["200", "200"]
+    assert [e["upstream_status"] for e in await logged_after(cluster.nginx, mark, 2, is_turn)] == ["200", "200"]
+
+
+def is_turn(entry: dict[str, str]) -> bool:
+    return entry["request"].startswith("POST /chat_stream")
 
 
 async def load(url: str) -> int:
