@@ -83,11 +83,16 @@ class AdmissionMiddleware:
                 self.on_refusal(path.lstrip("/"), error, principal.user_class)
             await self._refuse(send, path, error)
             return
-        scope.setdefault("state", {})[CLAIM_STATE] = claim
+        state = scope.setdefault("state", {})
+        state[CLAIM_STATE] = claim
         try:
             await self.app(scope, receive, send)
         finally:
-            claim.release()  # nothing if the runner already released it
+            # A claim the runner took, it releases exactly once; a background response's run
+            # takes it past the request's end. What nobody took (a refusal before any
+            # generation, an error) is given back here.
+            if state.get(CLAIM_STATE) is claim:
+                claim.release()
 
     async def _refuse(self, send: Send, path: str, error: GatewayError) -> None:
         body = json.dumps(self.error_body(path, error)).encode()

@@ -27,7 +27,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 from gateway.core.errors import NotFound, SessionBusy, store_call
@@ -143,20 +143,31 @@ class ResponseStore:
             raise _missing(kind, record_id)
         return data
 
+    def _locked(self, conversation_id: str, owner: str) -> AbstractAsyncContextManager[dict[str, Any]]:
+        return self._locked_record(conversation_id, owner, "conversation")
+
+    def locked_response(self, response_id: str, owner: str) -> AbstractAsyncContextManager[dict[str, Any]]:
+        """A response's record, read under its lock: a background run's ending and its cancel, one at a time."""
+        return self._locked_record(response_id, owner, "response")
+
+    async def update_response(self, response_id: str, fields: dict[str, Any]) -> None:
+        """Rewrite fields of a stored response's record (under `locked_response`)."""
+        await self._save(response_id, fields, ())
+
     @asynccontextmanager
-    async def _locked(self, conversation_id: str, owner: str) -> AsyncIterator[dict[str, Any]]:
-        """The conversation's record, read under its lock (waited for, up to `lock_wait` seconds)."""
-        await self.conversation(conversation_id, owner)  # 404 before waiting for anything
+    async def _locked_record(self, record_id: str, owner: str, kind: str) -> AsyncIterator[dict[str, Any]]:
+        """The record, read under its lock (waited for, up to `lock_wait` seconds)."""
+        await self._record(record_id, owner, kind)  # 404 before waiting for anything
         token = secrets.token_hex(8)
         deadline = time.monotonic() + self.lock_wait
-        while not await _io(self.store.try_lock(conversation_id, token)):
+        while not await _io(self.store.try_lock(record_id, token)):
             if time.monotonic() > deadline:
-                raise SessionBusy("the conversation is busy with another update; try again")
+                raise SessionBusy(f"the {kind} is busy with another update; try again")
             await asyncio.sleep(_LOCK_RETRY)
         try:
-            yield await self.conversation(conversation_id, owner)  # read again: an append may have just ended
+            yield await self._record(record_id, owner, kind)  # read again: an update may have just ended
         finally:
-            await _io(self.store.unlock(conversation_id, token))
+            await _io(self.store.unlock(record_id, token))
 
 
 def _io(pending: Awaitable[T]) -> Awaitable[T]:

@@ -8,7 +8,9 @@ when the generation succeeds, before the response ends, so a client that
 continues as soon as it has its answer always finds it, on any replica.
 
 A chain longer than the model's context is cut for the engine at a turn,
-oldest turns first (chain_window.py); what is stored stays whole.
+oldest turns first (chain_window.py); what is stored stays whole. A
+`background` response is stored at once as queued and runs detached
+(background.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from gateway.core.completion import CompletionState
 from gateway.core.errors import BadChatRequest, GatewayError
 from gateway.http.auth import PRINCIPAL_STATE
 from gateway.http.limits import read_body
+from gateway.openai.background import BackgroundRuns
 from gateway.openai.bodies import parse
 from gateway.openai.chain_window import prepare_window
 from gateway.openai.frontend import Prepared
@@ -53,6 +56,7 @@ class ResponsesRoutes:
         self.routes = routes
         self.core: Core = routes.core
         self.store = store
+        self.background = BackgroundRuns(self.core, store, routes.callback)
 
     async def create(self, request: Request) -> Response:
         arrived_at = time.monotonic()
@@ -80,9 +84,19 @@ class ResponsesRoutes:
             logger.exception("preparing a %s request failed", RESPONSES_ROUTE)
             return self.routes.refuse(RESPONSES_ROUTE, GatewayError("the server failed to handle this request"))
         gen = generation_request(prepared, RESPONSES_ROUTE, "resp", arrived_at)
-        fmt = ResponsesFormat(prepared.spec, prepared.prompts[0].token_ids, _response_head(req, gen, prepared))
-        on_end = self._recorder(fmt, req, owner, new_items, conversation)
-        return GenerationResponse(self.core, request, gen, fmt, on_end, self.routes.callback)
+        head = _response_head(req, gen, prepared)
+        fmt = ResponsesFormat(prepared.spec, prepared.prompts[0].token_ids, head)
+        if not req.background:
+            on_end = self._recorder(fmt, req, owner, new_items, conversation)
+            return GenerationResponse(self.core, request, gen, fmt, on_end, self.routes.callback)
+        queued = {**head, "status": "queued"}
+        try:
+            await self.store.save_response(queued, owner, new_items, req.previous_response_id)
+        except GatewayError as err:
+            return self.routes.refuse(RESPONSES_ROUTE, err)
+        on_end = self._recorder(fmt, req, owner, new_items, conversation, queued=queued)
+        self.background.start(request, gen, fmt, on_end, head["id"], owner)
+        return JSONResponse(queued)
 
     def _recorder(
         self,
@@ -91,12 +105,20 @@ class ResponsesRoutes:
         owner: str,
         new_items: list[dict[str, Any]],
         conversation: str | None,
+        *,
+        queued: dict[str, Any] | None = None,
     ) -> Callable[[Outcome], Awaitable[None]]:
+        """What the end of a generation stores. `queued`: a background response, stored already as that."""
+
         async def record(outcome: Outcome) -> None:
             final = fmt.final
-            if outcome.state is not CompletionState.SUCCESS or final is None:
+            if queued is not None:
+                final = await self.background.record_end(queued["id"], owner, outcome, final, queued)
+                if final is None or final["status"] == "failed":
+                    return
+            elif outcome.state is not CompletionState.SUCCESS or final is None:
                 return  # a failed or abandoned answer continues nothing
-            if req.store:
+            elif req.store:
                 await self.store.save_response(final, owner, new_items, req.previous_response_id)
             if conversation is not None:
                 await self.store.append(conversation, owner, [*new_items, *final["output"]])
@@ -127,10 +149,10 @@ class ResponsesRoutes:
 
     async def cancel(self, request: Request, response_id: str) -> Response:
         try:
-            await self.store.response(response_id, owner_of(request))
-            raise BadChatRequest("only background responses can be cancelled, and this server runs none")
+            response = await self.background.cancel(response_id, owner_of(request))
         except GatewayError as err:
             return self.routes.refuse("v1/responses/{id}/cancel", err)
+        return JSONResponse(response)
 
 
 def _response_head(req: ResponsesRequest, gen: GenerationRequest, prepared: Prepared) -> dict[str, Any]:
@@ -140,7 +162,7 @@ def _response_head(req: ResponsesRequest, gen: GenerationRequest, prepared: Prep
         "object": "response",
         "created_at": gen.created,
         "status": "in_progress",
-        "background": False,
+        "background": req.background,
         "completed_at": None,
         "error": None,
         "incomplete_details": None,

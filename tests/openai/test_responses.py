@@ -244,7 +244,6 @@ async def test_a_chain_longer_than_the_context_is_cut_at_its_oldest_turns(
             "'input_image' are not supported",
             id="content-part",
         ),
-        pytest.param({"input": "x", "background": True}, "background", "background", id="background"),
         pytest.param({"input": "x", "tools": [{"type": "web_search"}]}, "tools", "'web_search'", id="tool"),
         pytest.param({"input": ""}, "input", "must not be empty", id="empty"),
         pytest.param({"input": "x", "max_output_tokens": 0}, "max_output_tokens", "greater", id="max-output"),

@@ -9,6 +9,7 @@ survives is what the store keeps.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -216,3 +217,20 @@ async def test_a_forced_function_call_and_its_output_continue_the_chain(
         )
         assert answer.usage is not None and called.usage is not None
         assert answer.usage.input_tokens > called.usage.input_tokens
+
+
+async def test_a_background_response_started_on_one_replica_is_polled_to_its_end_on_the_other(
+    real_engine: VLLMEngine, store_url: str, keys_file: Path
+) -> None:
+    async with replicas(real_engine, store_url, keys_file) as (url_a, url_b), sdk(url_a) as a, sdk(url_b) as b:
+        queued = await a.responses.create(model=MODEL, input="hello", max_output_tokens=TOKENS, background=True)
+        checked(queued)
+        assert queued.status == "queued" and queued.background is True
+        async with asyncio.timeout(60):
+            while (done := await b.responses.retrieve(queued.id)).status in ("queued", "in_progress"):
+                await asyncio.sleep(0.05)
+        checked(done)
+        assert done.status in ("completed", "incomplete") and done.output_text
+        assert done.usage is not None and done.usage.output_tokens > 0
+        with pytest.raises(openai.BadRequestError, match="already"):
+            await b.responses.cancel(queued.id)

@@ -1,0 +1,153 @@
+"""Background responses: `background: true` answers at once, and the generation runs on without its client.
+
+The request's admission claim moves to the detached run (the admission
+middleware releases only a claim still left in the request's state), which
+holds it as any generation does: the same queue, fairness, completion states,
+metrics and log line. The response is stored at once as `queued`; the client
+polls `GET /v1/responses/{id}` and finds it as it ended: `completed`,
+`incomplete`, `failed` or `cancelled`.
+
+`POST /v1/responses/{id}/cancel` marks the stored response cancelled, under
+the record's lock. The replica that runs the generation sees the mark at once
+when it is the one cancelling, and otherwise by reading the record every
+`poll` seconds; it then stops the generation as if its client had left (the
+engine request is aborted, the slot freed). The record's lock also orders the
+cancel and the run's own ending, so a cancelled response never turns
+completed afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.types import Message
+
+from gateway.core import Core, GenerationRequest, Outcome
+from gateway.core.admission import CLAIM_STATE
+from gateway.core.completion import CompletionCallback, CompletionState
+from gateway.core.direct_send import DIRECT_SEND_STATE
+from gateway.core.errors import BadChatRequest, GatewayError
+from gateway.core.stream_format import StreamFormat
+from gateway.openai.response_store import ResponseStore
+
+logger = logging.getLogger(__name__)
+
+ACTIVE = ("queued", "in_progress")
+_DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+class BackgroundRuns:
+    """The background generations this replica runs, and the cancel of any replica's."""
+
+    def __init__(
+        self, core: Core, store: ResponseStore, callback: CompletionCallback | None, *, poll: float = 1.0
+    ) -> None:
+        self.core = core
+        self.store = store
+        self.callback = callback
+        self.poll = poll
+        self._cancels: dict[str, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # a reference each: the loop keeps only weak ones
+
+    def start(
+        self,
+        request: Request,
+        gen: GenerationRequest,
+        fmt: StreamFormat,
+        on_end: Callable[[Outcome], Awaitable[None]],
+        response_id: str,
+        owner: str,
+    ) -> None:
+        """Run `gen` detached from `request`, which gives its admission claim to the run."""
+        state = request.scope.setdefault("state", {})
+        # The request's state (its principal, id) without its connection's short way down.
+        detached_state = {k: v for k, v in state.items() if k != DIRECT_SEND_STATE}
+        detached_state[CLAIM_STATE] = state.pop(CLAIM_STATE, None)  # the run releases it, not the middleware
+        cancelled = self._cancels[response_id] = asyncio.Event()
+
+        async def receive() -> Message:
+            """What the runner's disconnect watcher reads: a disconnect once the response is cancelled."""
+            while not cancelled.is_set():
+                try:
+                    await asyncio.wait_for(cancelled.wait(), self.poll)
+                except TimeoutError:
+                    if await self._cancelled_elsewhere(response_id, owner):
+                        cancelled.set()
+            return _DISCONNECT
+
+        async def discard(message: Message) -> None:
+            """The run's HTTP messages: the stored response is its answer."""
+
+        detached = Request({**request.scope, "state": detached_state}, receive)
+        task = asyncio.create_task(self._run(detached, discard, gen, fmt, on_end, response_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(
+        self,
+        request: Request,
+        send: Callable[[Message], Awaitable[None]],
+        gen: GenerationRequest,
+        fmt: StreamFormat,
+        on_end: Callable[[Outcome], Awaitable[None]],
+        response_id: str,
+    ) -> None:
+        try:
+            await self.core.run(request, send, gen, fmt, on_end, self.callback)
+        except Exception:  # a bug: the runner has already ended the generation and recorded it
+            logger.exception("a background response failed")
+        finally:
+            self._cancels.pop(response_id, None)
+
+    async def _cancelled_elsewhere(self, response_id: str, owner: str) -> bool:
+        try:
+            record = await self.store.response(response_id, owner)
+        except GatewayError:  # deleted, or the store is away for now: cancelled only by an explicit mark
+            return False
+        return bool(record.get("cancelled"))
+
+    async def cancel(self, response_id: str, owner: str) -> dict[str, Any]:
+        """Mark a running background response cancelled (on any replica); the response as stored now."""
+        async with self.store.locked_response(response_id, owner) as record:
+            response: dict[str, Any] = record["response"]
+            if not response.get("background"):
+                raise BadChatRequest("only background responses can be cancelled", param="response_id")
+            if response["status"] not in ACTIVE:
+                raise BadChatRequest(f"the response is already {response['status']}: it cannot be cancelled")
+            response = {**response, "status": "cancelled"}
+            await self.store.update_response(response_id, {"response": response, "cancelled": True})
+        event = self._cancels.get(response_id)
+        if event is not None:
+            event.set()
+        return response
+
+    async def record_end(
+        self, response_id: str, owner: str, outcome: Outcome, final: dict[str, Any] | None, queued: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Store how the run ended unless it was cancelled meanwhile; the stored response (None if it is gone)."""
+        try:
+            async with self.store.locked_response(response_id, owner) as record:
+                if record.get("cancelled"):
+                    return None
+                if outcome.state is CompletionState.SUCCESS and final is not None:
+                    ended = final
+                else:
+                    ended = {**queued, "status": "failed", "error": _error(outcome)}
+                ended = {**ended, "background": True, "completed_at": int(time.time())}
+                await self.store.update_response(response_id, {"response": ended})
+                return ended
+        except GatewayError as err:  # deleted while it ran, or the store is away: nothing to record into
+            logger.warning("a background response's ending was not stored: %s", err.message)
+            return None
+
+
+def _error(outcome: Outcome) -> dict[str, str]:
+    if isinstance(outcome.error, GatewayError):
+        return {"code": "server_error", "message": outcome.error.message}
+    state = outcome.state.value if outcome.state is not None else "unknown"
+    return {"code": "server_error", "message": f"the generation ended without an answer ({state})"}

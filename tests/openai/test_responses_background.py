@@ -1,0 +1,134 @@
+"""Background responses: answered at once as queued, run on without the client, polled, cancelled from any replica."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway import CompletionState, MemoryStore
+from tests.fakes import FakeEngine
+from tests.gateway_app import Gateway, running_gateway
+from tests.openai.conftest import KEYS
+from tests.openai.test_responses import ANSWER, error_of, text_of
+from tests.openai_spec import validate
+
+
+async def start(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
+    r = await client.post("/v1/responses", json={"model": "fake-model", "background": True, **body})
+    assert r.status_code == 200, r.text
+    response: dict[str, Any] = r.json()
+    validate("Response", response)
+    return response
+
+
+async def poll(client: httpx.AsyncClient, response_id: str, until: tuple[str, ...]) -> dict[str, Any]:
+    async with asyncio.timeout(30):
+        while True:
+            response: dict[str, Any] = (await client.get(f"/v1/responses/{response_id}")).json()
+            validate("Response", response)
+            if response["status"] in until:
+                return response
+            await asyncio.sleep(0.02)
+
+
+async def running(client: httpx.AsyncClient) -> int:
+    load: dict[str, int] = (await client.get("/get_load")).json()
+    return load["in_flight"]
+
+
+async def test_a_background_response_is_queued_at_once_and_completes_without_its_client(
+    alice: httpx.AsyncClient, fake_engine: FakeEngine, keyed_gateway: Gateway
+) -> None:
+    fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 1
+    queued = await start(alice, input="hi")
+    assert queued["status"] == "queued" and queued["background"] is True and queued["output"] == []
+    # The HTTP request has ended; its generation holds its slot and runs on.
+    assert (await poll(alice, queued["id"], ("queued",)))["id"] == queued["id"]
+    assert await running(alice) == 1
+    fake_engine.gate.set()
+    done = await poll(alice, queued["id"], ("completed",))
+    assert text_of(done) == ANSWER and done["background"] is True and done["completed_at"] is not None
+    assert await keyed_gateway.wait_states(1) == [CompletionState.SUCCESS]
+    assert await running(alice) == 0
+    # It continues a chain like any stored response.
+    r = await alice.post("/v1/responses", json={"input": "more", "previous_response_id": done["id"]})
+    assert r.status_code == 200, r.text
+    assert f"<user>hi</user><assistant>{ANSWER}</assistant><user>more</user>" in fake_engine.prompt_text()
+
+
+async def test_cancelling_a_background_response_stops_its_generation_and_frees_its_slot(
+    alice: httpx.AsyncClient, bob: httpx.AsyncClient, fake_engine: FakeEngine, keyed_gateway: Gateway
+) -> None:
+    fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 1
+    queued = await start(alice, input="hi")
+    await poll(alice, queued["id"], ("queued",))
+    error_of(await bob.post(f"/v1/responses/{queued['id']}/cancel"), 404)  # not bob's
+    r = await alice.post(f"/v1/responses/{queued['id']}/cancel")
+    assert r.status_code == 200, r.text
+    validate("Response", r.json())
+    assert r.json()["status"] == "cancelled"
+    # Stopped as if its client had left; a background response sends nothing before its end.
+    assert await keyed_gateway.wait_states(1) == [CompletionState.CLIENT_DISCONNECTED_BEFORE_STREAMING]
+    assert fake_engine.aborted  # the engine request was stopped, not left to run
+    assert await running(alice) == 0
+    assert (await poll(alice, queued["id"], ("cancelled",)))["output"] == []
+    error = error_of(await alice.post(f"/v1/responses/{queued['id']}/cancel"), 400)
+    assert "already cancelled" in error["message"]
+
+
+async def test_a_finished_background_response_cannot_be_cancelled(alice: httpx.AsyncClient) -> None:
+    queued = await start(alice, input="hi")
+    await poll(alice, queued["id"], ("completed",))
+    error = error_of(await alice.post(f"/v1/responses/{queued['id']}/cancel"), 400)
+    assert "already completed" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        pytest.param({"store": False}, "background", "must be stored", id="not-stored"),
+        pytest.param({"stream": True}, "stream", "poll GET", id="streamed"),
+    ],
+)
+async def test_what_a_background_response_cannot_be_is_a_400(
+    alice: httpx.AsyncClient, body: dict[str, Any], param: str, words: str
+) -> None:
+    error = error_of(await alice.post("/v1/responses", json={"input": "x", "background": True, **body}), 400)
+    assert error["param"] == param and words in error["message"], error
+
+
+@pytest.fixture
+async def replicas(fake_engine: FakeEngine, tmp_path: Path) -> AsyncIterator[list[Gateway]]:
+    """Two gateways sharing one store (as replicas share Redis or SQL) and one engine."""
+    keys = tmp_path / "keys"
+    keys.write_text("".join(f"{key} {user}\n" for key, user in KEYS.items()))
+    store = MemoryStore()
+    async with (
+        running_gateway(fake_engine, keys_file=keys, store=store) as a,
+        running_gateway(fake_engine, keys_file=keys, store=store) as b,
+    ):
+        yield [a, b]
+
+
+async def test_a_cancel_on_another_replica_stops_the_generation_where_it_runs(
+    replicas: list[Gateway], fake_engine: FakeEngine
+) -> None:
+    fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 1
+    headers = {"Authorization": "Bearer key-alice"}
+    async with (
+        httpx.AsyncClient(base_url=replicas[0].url, headers=headers, timeout=30) as on_a,
+        httpx.AsyncClient(base_url=replicas[1].url, headers=headers, timeout=30) as on_b,
+    ):
+        queued = await start(on_a, input="hi")
+        await poll(on_b, queued["id"], ("queued",))
+        assert (await on_b.post(f"/v1/responses/{queued['id']}/cancel")).json()["status"] == "cancelled"
+        # Replica A reads the mark within its poll interval and stops the generation it runs.
+        await replicas[0].wait_states(1)
+        assert fake_engine.aborted and await running(on_a) == 0
+        fake_engine.gate.set()
+        assert (await poll(on_a, queued["id"], ("cancelled",)))["status"] == "cancelled"
