@@ -218,7 +218,7 @@ def create_app(
 
     openai_routes = add_openai_routes(app, core, callback)
     response_store = ResponseStore(store)
-    add_responses_routes(app, openai_routes, response_store)
+    app.state.responses = add_responses_routes(app, openai_routes, response_store)
     add_conversation_routes(app, openai_routes, response_store)
     if keys is not None:
         if keys.has_admin:

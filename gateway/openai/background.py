@@ -7,6 +7,11 @@ metrics and log line. The response is stored at once as `queued`; the client
 polls `GET /v1/responses/{id}` and finds it as it ended: `completed`,
 `incomplete`, `failed` or `cancelled`.
 
+While it runs, the replica renews a lease in the record (`alive_until`, every
+`poll` seconds, `lease` seconds ahead). A replica that died mid-run renews
+nothing: the next read of the response on any replica finds the lease lapsed
+and stores it `failed`, saying so, rather than leaving it queued for ever.
+
 `POST /v1/responses/{id}/cancel` marks the stored response cancelled, under
 the record's lock. The replica that runs the generation sees the mark at once
 when it is the one cancelling, and otherwise by reading the record every
@@ -45,12 +50,21 @@ class BackgroundRuns:
     """The background generations this replica runs, and the cancel of any replica's."""
 
     def __init__(
-        self, core: Core, store: ResponseStore, callback: CompletionCallback | None, *, poll: float = 1.0
+        self,
+        core: Core,
+        store: ResponseStore,
+        callback: CompletionCallback | None,
+        *,
+        poll: float = 1.0,
+        lease: float = 10.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.core = core
         self.store = store
         self.callback = callback
         self.poll = poll
+        self.lease = lease  # wall-clock seconds, shared by replicas: far above their clocks' skew
+        self.clock = clock
         self._cancels: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # a reference each: the loop keeps only weak ones
 
@@ -76,7 +90,7 @@ class BackgroundRuns:
                 try:
                     await asyncio.wait_for(cancelled.wait(), self.poll)
                 except TimeoutError:
-                    if await self._cancelled_elsewhere(response_id, owner):
+                    if await self._renew_unless_cancelled(response_id, owner):
                         cancelled.set()
             return _DISCONNECT
 
@@ -104,12 +118,33 @@ class BackgroundRuns:
         finally:
             self._cancels.pop(response_id, None)
 
-    async def _cancelled_elsewhere(self, response_id: str, owner: str) -> bool:
+    def lease_fields(self) -> dict[str, Any]:
+        """What a running background response's record says about its run: alive until when."""
+        return {"alive_until": self.clock() + self.lease}
+
+    async def _renew_unless_cancelled(self, response_id: str, owner: str) -> bool:
+        """True if the response was cancelled (on any replica); else the run's lease is renewed."""
         try:
             record = await self.store.response(response_id, owner)
+            if record.get("cancelled") or record["response"]["status"] not in ACTIVE:
+                return True
+            await self.store.update_response(response_id, self.lease_fields())
         except GatewayError:  # deleted, or the store is away for now: cancelled only by an explicit mark
             return False
-        return bool(record.get("cancelled"))
+        return False
+
+    async def current(self, response_id: str, owner: str, record: dict[str, Any]) -> dict[str, Any]:
+        """The stored response, or `failed` if its run's lease has lapsed (the replica running it died)."""
+        response: dict[str, Any] = record["response"]
+        if response["status"] not in ACTIVE or record.get("alive_until", float("inf")) >= self.clock():
+            return response
+        async with self.store.locked_response(response_id, owner) as fresh:
+            response = fresh["response"]
+            if response["status"] in ACTIVE and fresh.get("alive_until", float("inf")) < self.clock():
+                error = {"code": "server_error", "message": "the server running this response stopped before it ended"}
+                response = {**response, "status": "failed", "error": error}
+                await self.store.update_response(response_id, {"response": response})
+        return response
 
     async def cancel(self, response_id: str, owner: str) -> dict[str, Any]:
         """Mark a running background response cancelled (on any replica); the response as stored now."""
@@ -132,8 +167,8 @@ class BackgroundRuns:
         """Store how the run ended unless it was cancelled meanwhile; the stored response (None if it is gone)."""
         try:
             async with self.store.locked_response(response_id, owner) as record:
-                if record.get("cancelled"):
-                    return None
+                if record.get("cancelled") or record["response"]["status"] not in ACTIVE:
+                    return None  # cancelled, or given up for dead meanwhile: that ending stands
                 if outcome.state is CompletionState.SUCCESS and final is not None:
                     ended = final
                 else:

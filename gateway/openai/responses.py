@@ -92,6 +92,7 @@ class ResponsesRoutes:
         queued = {**head, "status": "queued"}
         try:
             await self.store.save_response(queued, owner, new_items, req.previous_response_id)
+            await self.store.update_response(head["id"], self.background.lease_fields())
         except GatewayError as err:
             return self.routes.refuse(RESPONSES_ROUTE, err)
         on_end = self._recorder(fmt, req, owner, new_items, conversation, queued=queued)
@@ -126,11 +127,13 @@ class ResponsesRoutes:
         return record
 
     async def get(self, request: Request, response_id: str) -> Response:
+        owner = owner_of(request)
         try:
-            record = await self.store.response(response_id, owner_of(request))
+            record = await self.store.response(response_id, owner)
+            response = await self.background.current(response_id, owner, record)
         except GatewayError as err:
             return self.routes.refuse("v1/responses/{id}", err)
-        return JSONResponse(record["response"])
+        return JSONResponse(response)
 
     async def delete(self, request: Request, response_id: str) -> Response:
         try:

@@ -132,3 +132,26 @@ async def test_a_cancel_on_another_replica_stops_the_generation_where_it_runs(
         assert fake_engine.aborted and await running(on_a) == 0
         fake_engine.gate.set()
         assert (await poll(on_a, queued["id"], ("cancelled",)))["status"] == "cancelled"
+
+
+async def test_a_background_response_whose_replica_died_is_reported_failed_not_queued_for_ever(
+    replicas: list[Gateway], fake_engine: FakeEngine
+) -> None:
+    fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 1
+    headers = {"Authorization": "Bearer key-alice"}
+    async with (
+        httpx.AsyncClient(base_url=replicas[0].url, headers=headers, timeout=30) as on_a,
+        httpx.AsyncClient(base_url=replicas[1].url, headers=headers, timeout=30) as on_b,
+    ):
+        queued = await start(on_a, input="hi")
+        assert (await poll(on_b, queued["id"], ("queued",)))["status"] == "queued"  # its lease is fresh
+        # Seen from B a minute later, A has renewed nothing since: as if A had died mid-run.
+        b_runs = replicas[1].app.state.responses.background
+        now = b_runs.clock()
+        b_runs.clock = lambda: now + 60
+        failed = await poll(on_b, queued["id"], ("failed",))
+        assert "stopped before it ended" in failed["error"]["message"]
+        # What A's run does afterwards changes nothing: that ending stands.
+        fake_engine.gate.set()
+        await replicas[0].wait_states(1)
+        assert (await poll(on_a, queued["id"], ("failed",)))["status"] == "failed"
