@@ -26,7 +26,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
@@ -56,10 +56,16 @@ class ResponseStore:
     # --- responses -----------------------------------------------------------------------------
 
     async def save_response(
-        self, response: dict[str, Any], owner: str, input_items: Sequence[dict[str, Any]], previous: str | None
+        self,
+        response: dict[str, Any],
+        owner: str,
+        input_items: Sequence[dict[str, Any]],
+        previous: str | None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
-        """Store an answered response (raises SessionTooLarge if it alone outgrows a record's bytes)."""
+        """Store a response, with `extra` record fields (raises SessionTooLarge if it outgrows a record's bytes)."""
         fields = {"owner": owner, "response": response, "input": list(input_items), "previous": previous}
+        fields.update(extra or {})
         await self._save(response["id"], fields, ())
 
     async def response(self, response_id: str, owner: str) -> dict[str, Any]:

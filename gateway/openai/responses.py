@@ -91,8 +91,8 @@ class ResponsesRoutes:
             return GenerationResponse(self.core, request, gen, fmt, on_end, self.routes.callback)
         queued = {**head, "status": "queued"}
         try:
-            await self.store.save_response(queued, owner, new_items, req.previous_response_id)
-            await self.store.update_response(head["id"], self.background.lease_fields())
+            lease = self.background.lease_fields()
+            await self.store.save_response(queued, owner, new_items, req.previous_response_id, lease)
         except GatewayError as err:
             return self.routes.refuse(RESPONSES_ROUTE, err)
         on_end = self._recorder(fmt, req, owner, new_items, conversation, queued=queued)

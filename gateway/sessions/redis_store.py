@@ -36,6 +36,7 @@ from redis.backoff import NoBackoff
 from gateway.core.errors import SessionTooLarge
 from gateway.sessions.codec import decode_session, encode_value
 from gateway.sessions.lock_renewal import LockRenewal
+from gateway.sessions.stores import check_shared_bounds
 from gateway.settings import MiB
 
 # Deletes the lock only if the caller still owns it.
@@ -107,8 +108,7 @@ class RedisStore:
         max_session_bytes: int = MiB,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        if idle_timeout <= 0 or lock_timeout <= 0 or max_sessions < 1 or max_session_bytes < 1:
-            raise ValueError("idle_timeout, lock_timeout, max_sessions and max_session_bytes must be positive")
+        check_shared_bounds(idle_timeout, lock_timeout, max_sessions, max_session_bytes)
         self.client = client
         self.idle_timeout = idle_timeout
         self.lock_timeout = lock_timeout

@@ -32,7 +32,7 @@ from typing import Any
 from gateway.core.errors import SessionTooLarge
 from gateway.sessions.codec import decode_session, encode_value
 from gateway.sessions.lock_renewal import LockRenewal
-from gateway.sessions.stores import session_size
+from gateway.sessions.stores import check_shared_bounds, session_size
 from gateway.settings import MiB
 from gateway.sql import Database, Dialect, Transaction, open_database
 
@@ -82,8 +82,7 @@ class SQLStore:
         max_session_bytes: int = MiB,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        if idle_timeout <= 0 or lock_timeout <= 0 or max_sessions < 1 or max_session_bytes < 1:
-            raise ValueError("idle_timeout, lock_timeout, max_sessions and max_session_bytes must be positive")
+        check_shared_bounds(idle_timeout, lock_timeout, max_sessions, max_session_bytes)
         self.db = db
         self.idle_timeout = idle_timeout
         self.lock_timeout = lock_timeout

@@ -64,6 +64,12 @@ class SessionStore(Protocol):
     async def close(self) -> None: ...
 
 
+def check_shared_bounds(idle_timeout: float, lock_timeout: float, max_sessions: int, max_session_bytes: int) -> None:
+    """The bounds of a store shared by replicas (Redis, SQL): each must be positive."""
+    if idle_timeout <= 0 or lock_timeout <= 0 or max_sessions < 1 or max_session_bytes < 1:
+        raise ValueError("idle_timeout, lock_timeout, max_sessions and max_session_bytes must be positive")
+
+
 def session_size(fields: Mapping[str, str]) -> int:
     """What a session's encoded fields take (names and values; encoded values are ASCII)."""
     return sum(len(name.encode()) + len(value) for name, value in fields.items())
