@@ -115,43 +115,46 @@ async def replicas(fake_engine: FakeEngine, tmp_path: Path) -> AsyncIterator[lis
         yield [a, b]
 
 
-async def test_a_cancel_on_another_replica_stops_the_generation_where_it_runs(
-    replicas: list[Gateway], fake_engine: FakeEngine
-) -> None:
-    fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 1
+@pytest.fixture
+async def alice_on(replicas: list[Gateway]) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """Alice's client of each replica."""
     headers = {"Authorization": "Bearer key-alice"}
     async with (
         httpx.AsyncClient(base_url=replicas[0].url, headers=headers, timeout=30) as on_a,
         httpx.AsyncClient(base_url=replicas[1].url, headers=headers, timeout=30) as on_b,
     ):
-        queued = await start(on_a, input="hi")
-        await poll(on_b, queued["id"], ("queued",))
-        assert (await on_b.post(f"/v1/responses/{queued['id']}/cancel")).json()["status"] == "cancelled"
-        # Replica A reads the mark within its poll interval and stops the generation it runs.
-        await replicas[0].wait_states(1)
-        assert fake_engine.aborted and await running(on_a) == 0
-        fake_engine.gate.set()
-        assert (await poll(on_a, queued["id"], ("cancelled",)))["status"] == "cancelled"
+        yield [on_a, on_b]
+
+
+async def test_a_cancel_on_another_replica_stops_the_generation_where_it_runs(
+    replicas: list[Gateway], alice_on: list[httpx.AsyncClient], fake_engine: FakeEngine
+) -> None:
+    fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 1
+    on_a, on_b = alice_on
+    queued = await start(on_a, input="hi")
+    await poll(on_b, queued["id"], ("queued",))
+    assert (await on_b.post(f"/v1/responses/{queued['id']}/cancel")).json()["status"] == "cancelled"
+    # Replica A reads the mark within its poll interval and stops the generation it runs.
+    await replicas[0].wait_states(1)
+    assert fake_engine.aborted and await running(on_a) == 0
+    fake_engine.gate.set()
+    assert (await poll(on_a, queued["id"], ("cancelled",)))["status"] == "cancelled"
 
 
 async def test_a_background_response_whose_replica_died_is_reported_failed_not_queued_for_ever(
-    replicas: list[Gateway], fake_engine: FakeEngine
+    replicas: list[Gateway], alice_on: list[httpx.AsyncClient], fake_engine: FakeEngine
 ) -> None:
     fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 1
-    headers = {"Authorization": "Bearer key-alice"}
-    async with (
-        httpx.AsyncClient(base_url=replicas[0].url, headers=headers, timeout=30) as on_a,
-        httpx.AsyncClient(base_url=replicas[1].url, headers=headers, timeout=30) as on_b,
-    ):
-        queued = await start(on_a, input="hi")
-        assert (await poll(on_b, queued["id"], ("queued",)))["status"] == "queued"  # its lease is fresh
-        # Seen from B a minute later, A has renewed nothing since: as if A had died mid-run.
-        b_runs = replicas[1].app.state.responses.background
-        now = b_runs.clock()
-        b_runs.clock = lambda: now + 60
-        failed = await poll(on_b, queued["id"], ("failed",))
-        assert "stopped before it ended" in failed["error"]["message"]
-        # What A's run does afterwards changes nothing: that ending stands.
-        fake_engine.gate.set()
-        await replicas[0].wait_states(1)
-        assert (await poll(on_a, queued["id"], ("failed",)))["status"] == "failed"
+    on_a, on_b = alice_on
+    queued = await start(on_a, input="hi")
+    assert (await poll(on_b, queued["id"], ("queued",)))["status"] == "queued"  # its lease is fresh
+    # Seen from B a minute later, A has renewed nothing since: as if A had died mid-run.
+    b_runs = replicas[1].app.state.responses.background
+    now = b_runs.clock()
+    b_runs.clock = lambda: now + 60
+    failed = await poll(on_b, queued["id"], ("failed",))
+    assert "stopped before it ended" in failed["error"]["message"]
+    # What A's run does afterwards changes nothing: that ending stands.
+    fake_engine.gate.set()
+    await replicas[0].wait_states(1)
+    assert (await poll(on_a, queued["id"], ("failed",)))["status"] == "failed"
