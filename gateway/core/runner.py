@@ -45,6 +45,7 @@ from gateway.core.stream_format import StreamFormat, StreamLimits
 logger = logging.getLogger(__name__)
 
 OnEnd = Callable[[Outcome], Awaitable[None]]
+OnStart = Callable[[], Awaitable[None]]
 
 
 @dataclass(eq=False, slots=True)
@@ -82,8 +83,15 @@ class GenerationRunner:
         fmt: StreamFormat,
         on_end: OnEnd,
         callback: CompletionCallback | None,
+        *,
+        on_start: OnStart | None = None,
     ) -> None:
-        """Serve `gen` on this connection. `on_end` runs once, always; `callback` once if queued."""
+        """Serve `gen` on this connection. `on_end` runs once, always; `callback` once if queued.
+
+        `on_start` runs once the generation holds its slot, before the engine has it (a
+        background response is stored `in_progress` there); a generation that never gets
+        its slot never runs it.
+        """
         outcome = Outcome()
         stream = _Stream(send, fmt, gen.headers, direct_send(request.scope))
         # The admission middleware claimed a place on arrival; without it (a library
@@ -109,7 +117,7 @@ class GenerationRunner:
                 # wakes the task that waits for it, and a wake-up resumes each coroutine frame
                 # it is suspended in. The request's task sits under the whole middleware and
                 # routing stack (about twenty frames); a task of its own, under three.
-                tg.start_soon(self._serve_then_stop, ticket, gen, outcome, stream, tg)
+                tg.start_soon(self._serve_then_stop, ticket, gen, outcome, stream, tg, on_start)
         except Exception as exc:  # a bug or an engine fault: report it, never raise into the server
             error = _first_error(exc)
             outcome.fail(error)
@@ -135,13 +143,25 @@ class GenerationRunner:
         return ticket
 
     async def _serve_then_stop(
-        self, ticket: Claim, gen: GenerationRequest, outcome: Outcome, stream: _Stream, tg: anyio.abc.TaskGroup
+        self,
+        ticket: Claim,
+        gen: GenerationRequest,
+        outcome: Outcome,
+        stream: _Stream,
+        tg: anyio.abc.TaskGroup,
+        on_start: OnStart | None,
     ) -> None:
-        await self._serve(ticket, gen, outcome, stream, tg)
+        await self._serve(ticket, gen, outcome, stream, tg, on_start)
         tg.cancel_scope.cancel()  # the watchers' work is done
 
     async def _serve(
-        self, ticket: Claim, gen: GenerationRequest, outcome: Outcome, stream: _Stream, tg: anyio.abc.TaskGroup
+        self,
+        ticket: Claim,
+        gen: GenerationRequest,
+        outcome: Outcome,
+        stream: _Stream,
+        tg: anyio.abc.TaskGroup,
+        on_start: OnStart | None,
     ) -> None:
         user_class = ticket.principal.user_class
         try:
@@ -159,6 +179,9 @@ class GenerationRunner:
             outcome.fail(gone)
             await self._send_refusal(stream, outcome, gone)
             return
+        if on_start is not None:
+            with anyio.CancelScope(shield=True):  # a store write under a lock: never cut halfway
+                await on_start()
 
         # asyncio's Lock costs nothing uncontended; anyio's yields to the loop on
         # every acquire, which is a task switch per token.

@@ -4,8 +4,10 @@ The request's admission claim moves to the detached run (the admission
 middleware releases only a claim still left in the request's state), which
 holds it as any generation does: the same queue, fairness, completion states,
 metrics and log line. The response is stored at once as `queued`; the client
-polls `GET /v1/responses/{id}` and finds it as it ended: `completed`,
-`incomplete`, `failed` or `cancelled`.
+polls `GET /v1/responses/{id}` and finds it `in_progress` once the run has
+its slot and the engine has it (until then, waiting in the queue, it stays
+`queued`), and then as it ended: `completed`, `incomplete`, `failed` or
+`cancelled`.
 
 While it runs, the replica renews a lease in the record (`alive_until`, every
 `poll` seconds, `lease` seconds ahead). A replica that died mid-run renews
@@ -98,7 +100,7 @@ class BackgroundRuns:
             """The run's HTTP messages: the stored response is its answer."""
 
         detached = Request({**request.scope, "state": detached_state}, receive)
-        task = asyncio.create_task(self._run(detached, discard, gen, fmt, on_end, response_id))
+        task = asyncio.create_task(self._run(detached, discard, gen, fmt, on_end, response_id, owner))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -110,13 +112,33 @@ class BackgroundRuns:
         fmt: StreamFormat,
         on_end: Callable[[Outcome], Awaitable[None]],
         response_id: str,
+        owner: str,
     ) -> None:
+        async def started() -> None:
+            await self._mark_started(response_id, owner)
+
         try:
-            await self.core.run(request, send, gen, fmt, on_end, self.callback)
+            await self.core.run(request, send, gen, fmt, on_end, self.callback, on_start=started)
         except Exception:  # a bug: the runner has already ended the generation and recorded it
             logger.exception("a background response failed")
         finally:
             self._cancels.pop(response_id, None)
+
+    async def _mark_started(self, response_id: str, owner: str) -> None:
+        """The run has its slot and hands the request to the engine: the stored response reads in_progress.
+
+        Under the record's lock, so a cancel (or a lapsed lease's `failed`) stored meanwhile stands.
+        Awaited before the engine starts, so the run's own ending is always stored after it.
+        """
+        try:
+            async with self.store.locked_response(response_id, owner) as record:
+                response: dict[str, Any] = record["response"]
+                if record.get("cancelled") or response["status"] != "queued":
+                    return
+                started = {**response, "status": "in_progress"}
+                await self.store.update_response(response_id, {"response": started, **self.lease_fields()})
+        except GatewayError as err:  # deleted, or the store is away: the run goes on, its ending is stored
+            logger.warning("a background response's start was not stored: %s", err.message)
 
     def lease_fields(self) -> dict[str, Any]:
         """What a running background response's record says about its run: alive until when."""

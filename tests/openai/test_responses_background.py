@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ async def test_a_background_response_is_queued_at_once_and_completes_without_its
     queued = await start(alice, input="hi")
     assert queued["status"] == "queued" and queued["background"] is True and queued["output"] == []
     # The HTTP request has ended; its generation holds its slot and runs on.
-    assert (await poll(alice, queued["id"], ("queued",)))["id"] == queued["id"]
+    assert (await poll(alice, queued["id"], ("in_progress",)))["id"] == queued["id"]
     assert await running(alice) == 1
     fake_engine.gate.set()
     done = await poll(alice, queued["id"], ("completed",))
@@ -66,7 +66,7 @@ async def test_cancelling_a_background_response_stops_its_generation_and_frees_i
 ) -> None:
     fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 1
     queued = await start(alice, input="hi")
-    await poll(alice, queued["id"], ("queued",))
+    await poll(alice, queued["id"], ("in_progress",))
     error_of(await bob.post(f"/v1/responses/{queued['id']}/cancel"), 404)  # not bob's
     r = await alice.post(f"/v1/responses/{queued['id']}/cancel")
     assert r.status_code == 200, r.text
@@ -79,6 +79,51 @@ async def test_cancelling_a_background_response_stops_its_generation_and_frees_i
     assert (await poll(alice, queued["id"], ("cancelled",)))["output"] == []
     error = error_of(await alice.post(f"/v1/responses/{queued['id']}/cancel"), 400)
     assert "already cancelled" in error["message"]
+
+
+@pytest.fixture
+async def one_slot(fake_engine: FakeEngine, tmp_path: Path) -> AsyncIterator[tuple[Gateway, httpx.AsyncClient]]:
+    """A gateway that runs one generation at a time, and Alice's client of it."""
+    keys = tmp_path / "keys"
+    keys.write_text("".join(f"{key} {user}\n" for key, user in KEYS.items()))
+    async with (
+        running_gateway(fake_engine, keys_file=keys, concurrency=1) as gw,
+        httpx.AsyncClient(base_url=gw.url, headers={"Authorization": "Bearer key-alice"}, timeout=30) as client,
+    ):
+        yield gw, client
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(30):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_background_response_is_in_progress_while_the_engine_has_it_and_queued_while_it_waits(
+    one_slot: tuple[Gateway, httpx.AsyncClient], fake_engine: FakeEngine
+) -> None:
+    # Regression: a background response read `queued` from its creation to its end; OpenAI's
+    # lifecycle is queued, then in_progress once it runs, then how it ended.
+    gw, alice = one_slot
+    admission = gw.app.state.core.admission
+    fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 0  # held by the engine before its first token
+    first = await start(alice, input="first")
+    await until(lambda: len(fake_engine.running) == 1)
+    response = (await alice.get(f"/v1/responses/{first['id']}")).json()
+    validate("Response", response)
+    assert response["status"] == "in_progress" and response["output"] == []
+    second = await start(alice, input="second")
+    await until(lambda: admission.load().waiting == 1)  # behind the one slot, which the first holds
+    assert (await alice.get(f"/v1/responses/{second['id']}")).json()["status"] == "queued"
+    # A cancel while in progress stops it; the second gets the slot and is in progress in turn.
+    assert (await alice.post(f"/v1/responses/{first['id']}/cancel")).json()["status"] == "cancelled"
+    await until(lambda: fake_engine.aborted != [] and len(fake_engine.running) == 1)
+    response = (await alice.get(f"/v1/responses/{second['id']}")).json()
+    assert response["status"] == "in_progress", response
+    fake_engine.gate.set()
+    assert text_of(await poll(alice, second["id"], ("completed",))) == ANSWER
+    assert (await alice.get(f"/v1/responses/{first['id']}")).json()["status"] == "cancelled"
+    assert await gw.wait_states(2) == [CompletionState.CLIENT_DISCONNECTED_BEFORE_STREAMING, CompletionState.SUCCESS]
 
 
 async def test_a_finished_background_response_cannot_be_cancelled(alice: httpx.AsyncClient) -> None:
@@ -132,7 +177,7 @@ async def test_a_cancel_on_another_replica_stops_the_generation_where_it_runs(
     fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 1
     on_a, on_b = alice_on
     queued = await start(on_a, input="hi")
-    await poll(on_b, queued["id"], ("queued",))
+    await poll(on_b, queued["id"], ("in_progress",))
     assert (await on_b.post(f"/v1/responses/{queued['id']}/cancel")).json()["status"] == "cancelled"
     # Replica A reads the mark within its poll interval and stops the generation it runs.
     await replicas[0].wait_states(1)
@@ -147,7 +192,7 @@ async def test_a_background_response_whose_replica_died_is_reported_failed_not_q
     fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 1
     on_a, on_b = alice_on
     queued = await start(on_a, input="hi")
-    assert (await poll(on_b, queued["id"], ("queued",)))["status"] == "queued"  # its lease is fresh
+    assert (await poll(on_b, queued["id"], ("in_progress",)))["status"] == "in_progress"  # its lease is fresh
     # Seen from B a minute later, A has renewed nothing since: as if A had died mid-run.
     b_runs = replicas[1].app.state.responses.background
     now = b_runs.clock()
