@@ -1,7 +1,8 @@
 """A fake engine behind the gateway's Engine protocol, for fast tests.
 
 It "generates" a scripted answer one character per token, and lets a test
-hold generations at a gate, slow them down, or make them fail.
+hold generations at a gate, slow them down, make them fail, or have them
+refused as vLLM refuses a request it cannot run (before accepting it).
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Mapping, Sequence
 
-from gateway.core.engine import Engine, EngineDead, EngineOutput, EngineStats, SamplingOptions
+from gateway.core.engine import ACCEPTED, Engine, EngineDead, EngineOutput, EngineStats, SamplingOptions
+from gateway.core.errors import GatewayError
 from prompts import Tokenizer
 
 
@@ -34,6 +36,8 @@ class FakeEngine:
         self.gate: asyncio.Event | None = None  # when set to an unset Event, generations wait on it
         self.gate_after = 0  # ... after sending this many tokens (1: the stream has begun, its cookie is out)
         self.fail_after_tokens: int | None = None  # raise after this many tokens
+        self.refusal: GatewayError | None = None  # raised before the request is accepted (vLLM's add_request)
+        self.accept_gate: asyncio.Event | None = None  # when an unset Event, requests wait on it to be accepted
         self.dead = False
         # When on, a prompt's tokens that an earlier prompt began with count as cached, in whole
         # blocks and never the last token, as vLLM's prefix cache counts them; its other whole
@@ -64,12 +68,17 @@ class FakeEngine:
     ) -> AsyncGenerator[EngineOutput, None]:
         if self.dead:
             raise EngineDead("fake engine is dead")
+        if self.accept_gate is not None:
+            await self.accept_gate.wait()
+        if self.refusal is not None:
+            raise self.refusal
         cached = self._cached(prompt_token_ids) if self.prefix_cache else 0
         written = len(prompt_token_ids) // 16 * 16 - cached if self.prefix_cache else 0
         self.prompts.append(list(prompt_token_ids))
         self.options.append(options)
         self.running.add(request_id)
         try:
+            yield ACCEPTED
             text = self.answer
             if options.ignore_eos:
                 text = (text * (options.max_tokens // max(len(text), 1) + 1))[: options.max_tokens]
@@ -159,6 +168,9 @@ class PacedEngine:
         sent = 0
         try:
             async for output in outputs:
+                if output is ACCEPTED:  # no token: nothing to pace
+                    yield output
+                    continue
                 await asyncio.sleep(self.interval * max(1, output.num_new_tokens))
                 if self.hold is not None and sent >= self.hold_after:
                     await self.hold.wait()

@@ -74,6 +74,13 @@ class EngineOutput:
     num_cache_write_tokens: int = 0
 
 
+# What an engine may yield first, as soon as it has accepted a request (for vLLM: its checks of
+# the request passed, the request is queued in the engine): a stream that must not open before the
+# engine accepted its request (a refusal is then still a real status) opens here, not at the first
+# token, which may be a long prefill later. Compared by identity; it carries nothing.
+ACCEPTED = EngineOutput("", 0, 0)
+
+
 @dataclass(frozen=True, slots=True)
 class EngineStats:
     """The engine's own view of its load, where it reports one.
@@ -110,7 +117,11 @@ class Engine(Protocol):
     def generate(
         self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions
     ) -> AsyncGenerator[EngineOutput, None]:
-        """Stream one generation's deltas; each answer's last output has a finish_reason."""
+        """Stream one generation's deltas; each answer's last output has a finish_reason.
+
+        A request the engine refuses (bad parameters) raises before any output. An engine that
+        can tell when it has accepted a request yields `ACCEPTED` then, before its first output.
+        """
         ...
 
     async def abort(self, request_id: str) -> None:

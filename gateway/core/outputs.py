@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncGenerator
 
-from gateway.core.engine import Engine, EngineOutput, SamplingOptions
+from gateway.core.engine import ACCEPTED, Engine, EngineOutput, SamplingOptions
 from gateway.core.generation import GenerationRequest
 
 _END = object()
@@ -52,6 +52,8 @@ async def _merged(
                 running -= 1
             elif isinstance(item, Exception):
                 raise item
+            elif item is ACCEPTED:  # kept as it is: it is known by identity
+                yield item
             else:
                 assert isinstance(item, EngineOutput)
                 yield dataclasses.replace(item, prompt_index=index)

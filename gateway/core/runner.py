@@ -33,7 +33,7 @@ from gateway.core.admission import CLAIM_STATE
 from gateway.core.claims import Admission, Claim
 from gateway.core.completion import CompletionCallback, CompletionState, fire_callback
 from gateway.core.direct_send import direct_send
-from gateway.core.engine import Engine, EngineDead, EngineOutput
+from gateway.core.engine import ACCEPTED, Engine, EngineDead, EngineOutput
 from gateway.core.errors import EngineUnavailable, GatewayError, error_headers
 from gateway.core.generation import GenerationRequest, Outcome
 from gateway.core.metrics import Metrics
@@ -113,11 +113,16 @@ class GenerationRunner:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_disconnect, request, stream, outcome, tg.cancel_scope)
+
+                async def serve_then_stop() -> None:
+                    await self._serve(ticket, gen, outcome, stream, tg, on_start)
+                    tg.cancel_scope.cancel()  # the watchers' work is done
+
                 # The stream runs in a task of its own, not in the request's task: every token
                 # wakes the task that waits for it, and a wake-up resumes each coroutine frame
                 # it is suspended in. The request's task sits under the whole middleware and
                 # routing stack (about twenty frames); a task of its own, under three.
-                tg.start_soon(self._serve_then_stop, ticket, gen, outcome, stream, tg, on_start)
+                tg.start_soon(serve_then_stop)
         except Exception as exc:  # a bug or an engine fault: report it, never raise into the server
             error = _first_error(exc)
             outcome.fail(error)
@@ -141,18 +146,6 @@ class GenerationRunner:
                 ticket.release()
             raise
         return ticket
-
-    async def _serve_then_stop(
-        self,
-        ticket: Claim,
-        gen: GenerationRequest,
-        outcome: Outcome,
-        stream: _Stream,
-        tg: anyio.abc.TaskGroup,
-        on_start: OnStart | None,
-    ) -> None:
-        await self._serve(ticket, gen, outcome, stream, tg, on_start)
-        tg.cancel_scope.cancel()  # the watchers' work is done
 
     async def _serve(
         self,
@@ -188,9 +181,6 @@ class GenerationRunner:
         lock = asyncio.Lock()
         tg.start_soon(self._keep_alive, stream, outcome, lock, tg.cancel_scope)
         try:
-            opening = stream.fmt.opening()
-            if opening:
-                await self._send_body(stream, lock, opening)
             await self._pump(gen, outcome, stream, lock)
         except _ClientGone:
             stream.closed = True
@@ -205,6 +195,11 @@ class GenerationRunner:
         try:
             async with aclosing(generation_outputs(self.engine, gen)) as outputs:
                 async for out in outputs:
+                    if out is ACCEPTED:  # the engine took the request: a refusal can no longer come
+                        opening = fmt.opening()
+                        if opening:
+                            await self._send_body(stream, lock, opening)
+                        continue
                     now = time.monotonic()
                     if out.num_new_tokens:
                         if outcome.first_token_at is None:

@@ -18,12 +18,12 @@ class StreamFormat(Protocol):
     ping: bytes
 
     def opening(self) -> bytes:
-        """What to send once the generation is admitted, before its first output.
+        """What to send once the engine has accepted the generation (`ACCEPTED`), before its first output.
 
-        b"" sends nothing: the status line then waits for the first output, so a failure
-        before it (engine dead, a prompt vLLM refuses) is still a real status. A format that
-        opens early (Responses: the client learns the response id while prefill runs) reports
-        such a failure inside the stream instead.
+        b"" sends nothing: the status line then waits for the first output. A format that
+        opens here (Responses: the client learns the response id while prefill runs) still
+        gets a real status for a request the engine refuses, since a refusal comes before
+        `ACCEPTED`; the format's first output must open it too (an engine may not tell).
         """
         ...
 

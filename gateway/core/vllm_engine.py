@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.core.engine import EngineDead, EngineOutput, EngineStats, FinishReason, SamplingOptions
+from gateway.core.engine import ACCEPTED, EngineDead, EngineOutput, EngineStats, FinishReason, SamplingOptions
 from gateway.core.errors import BadChatRequest, PromptTooLong
 from prompts import Tokenizer
 
@@ -224,10 +224,19 @@ class VLLMEngine:
                 output_kind=RequestOutputKind.DELTA,
             )
             prompt, kwargs = tokens_input(prompt_token_ids), {}
-        stream = self._llm.generate(prompt, params, request_id, **kwargs)
-        started = False
+        llm = self._llm
+        # AsyncLLM.generate's own steps (add the request, then read its output collector), split
+        # so that the stream can tell when vLLM has accepted the request: its checks, where it
+        # refuses bad parameters, run in add_request. (No streamed inputs here: none of
+        # generate's handling of them applies.)
+        queue = None
+        started = finished = False
         try:
-            async for out in stream:
+            queue = await llm.add_request(request_id, prompt, params, **kwargs)
+            yield ACCEPTED
+            while not finished:
+                out = queue.get_nowait() or await queue.get()
+                finished = out.finished
                 started = True
                 num_prompt_tokens = len(out.prompt_token_ids or ())
                 num_cached_tokens = out.num_cached_tokens or 0
@@ -262,7 +271,12 @@ class VLLMEngine:
             logger.debug("vLLM refused request %s: %s", request_id, exc)
             raise error from exc
         finally:
-            await stream.aclose()
+            if queue is not None:
+                # Stopped early (the consumer left, a failure): as generate does, the request is
+                # aborted (by the id vLLM gave it), unless the engine is dead.
+                if not finished and not llm.errored:
+                    await llm.abort(queue.request_id, internal=True)
+                queue.close()
 
     async def abort(self, request_id: str) -> None:
         if self._llm is not None and not self._llm.errored:

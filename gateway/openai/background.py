@@ -204,7 +204,14 @@ class BackgroundRuns:
 
 
 def _error(outcome: Outcome) -> dict[str, str]:
-    if isinstance(outcome.error, GatewayError):
-        return {"code": "server_error", "message": outcome.error.message}
+    error = outcome.error
+    if isinstance(error, GatewayError):
+        # OpenAI's codes: a request the engine refused (its checks of the parameters), or too much load.
+        code = "server_error"
+        if error.status == 429:
+            code = "rate_limit_exceeded"
+        elif 400 <= error.status < 500:
+            code = "invalid_prompt"
+        return {"code": code, "message": error.message}
     state = outcome.state.value if outcome.state is not None else "unknown"
     return {"code": "server_error", "message": f"the generation ended without an answer ({state})"}

@@ -3,7 +3,8 @@
 Refused while reading or rendering (before the queue) or by the engine itself (after
 admission: a token the vocabulary lacks, a grammar it cannot compile), every refusal is a 400
 whose message says what is wrong without a validator's dump or a traceback, its slot and
-engine request are gone, and the engine keeps serving. A client that leaves a multi-prompt
+engine request are gone, and the engine keeps serving. A streamed response too: its events
+wait for the engine to accept the request. A client that leaves a multi-prompt
 completions stream has every prompt's engine request aborted.
 """
 
@@ -18,8 +19,9 @@ import pytest
 
 from gateway import CompletionState
 from gateway.core.vllm_engine import VLLMEngine
+from gateway.openai.background import ACTIVE
 from tests.gateway_app import Gateway, running_gateway
-from tests.openai_spec import validate
+from tests.openai_spec import validate, validate_responses_sse
 from tests.sse_client import eventually, hang_up, open_raw_post
 
 pytestmark = pytest.mark.engine
@@ -143,3 +145,45 @@ async def test_leaving_a_multi_prompt_stream_aborts_every_prompts_engine_request
     assert gateway.states[before:] == [CompletionState.CLIENT_DISCONNECTED_WHILE_STREAMING]
     assert real_engine.num_unfinished() == 0
     assert gateway.app.state.core.admission.load().running == 0
+
+
+def unclosed_pattern(**fields: Any) -> dict[str, Any]:
+    """A Responses body whose JSON schema's pattern vLLM cannot compile (it refuses it in add_request)."""
+    fmt = {"type": "json_schema", "name": "word", "schema": {"type": "string", "pattern": "(("}}
+    return {"model": "tiny", "input": "hello", "max_output_tokens": 4, "text": {"format": fmt}, **fields}
+
+
+@pytest.mark.parametrize("stream", [pytest.param(True, id="streamed"), pytest.param(False, id="whole")])
+async def test_a_response_vllm_refuses_is_a_400_streamed_or_not_and_nothing_is_stored(
+    gateway: Gateway, real_engine: VLLMEngine, stream: bool
+) -> None:
+    # Regression: streamed, it was a 200 with response.created, response.in_progress and
+    # response.failed. (vLLM's own server answers a 400 unstreamed; streamed, a 200 whose
+    # connection is cut after response.in_progress.)
+    records = gateway.app.state.responses.store.store
+    kept = len(records)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
+        r = await client.post("/v1/responses", json=unclosed_pattern(stream=stream))
+        assert r.status_code == 400, r.text
+        assert r.headers["content-type"].startswith("application/json")
+        validate("ErrorResponse", r.json())
+        assert "Grammar error" in r.json()["error"]["message"]
+        assert len(records) == kept
+        load = gateway.app.state.core.admission.load()
+        assert (load.running, load.waiting, real_engine.num_unfinished()) == (0, 0, 0)
+        served = await client.post("/v1/responses", json={"model": "tiny", "input": "hello", "stream": True})
+    assert validate_responses_sse(served.text)[-1]["type"] in ("response.completed", "response.incomplete")
+
+
+async def test_a_background_response_vllm_refuses_reads_failed_with_its_reason(gateway: Gateway) -> None:
+    # vLLM's own server leaves such a response queued for ever.
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
+        queued = (await client.post("/v1/responses", json=unclosed_pattern(background=True))).json()
+        assert queued["status"] == "queued", queued
+
+        async with asyncio.timeout(60):
+            while (failed := (await client.get(f"/v1/responses/{queued['id']}")).json())["status"] in ACTIVE:
+                await asyncio.sleep(0.02)
+    validate("Response", failed)
+    assert failed["status"] == "failed" and failed["error"]["code"] == "invalid_prompt", failed
+    assert "Grammar error" in failed["error"]["message"]

@@ -15,8 +15,9 @@ import httpx
 import pytest
 
 from gateway import CompletionState
+from gateway.core.errors import BadChatRequest
 from tests.fakes import FakeEngine
-from tests.gateway_app import Gateway
+from tests.gateway_app import Gateway, running_gateway
 from tests.openai_spec import validate, validate_responses_sse
 from tests.sse_client import iter_events
 
@@ -195,6 +196,51 @@ async def test_a_stream_names_its_response_as_soon_as_it_is_admitted_before_the_
     assert rest[0] == "response.output_item.added" and rest[-1] == "response.completed"
     stored = (await alice.get(f"/v1/responses/{opening[0].data['response']['id']}")).json()
     assert stored["status"] == "completed" and text_of(stored) == ANSWER
+
+
+@pytest.mark.parametrize("stream", [pytest.param(True, id="streamed"), pytest.param(False, id="whole")])
+async def test_a_request_the_engine_refuses_is_a_400_in_json_and_leaves_nothing_stored(
+    alice: httpx.AsyncClient, fake_engine: FakeEngine, keyed_gateway: Gateway, stream: bool
+) -> None:
+    # Regression: a streamed request that the engine refused after admission (vLLM's checks of
+    # its parameters) was a 200 with response.created, response.in_progress and response.failed:
+    # the stream opened at admission, before the engine had accepted the request.
+    records = keyed_gateway.app.state.responses.store.store
+    kept = len(records)
+    fake_engine.refusal = BadChatRequest("Grammar error: unclosed group", param="text.format")
+    r = await alice.post("/v1/responses", json={"input": "hi", "stream": stream})
+    assert r.headers["content-type"].startswith("application/json")
+    error = error_of(r, 400)
+    assert (error["message"], error["param"]) == ("Grammar error: unclosed group", "text.format")
+    assert await keyed_gateway.wait_states(1) == [CompletionState.UNKNOWN_ERROR_OCCURRED]
+    assert len(records) == kept  # no response stored, in no state
+    load = keyed_gateway.app.state.core.admission.load()
+    assert (load.running, load.waiting, fake_engine.running) == (0, 0, set())
+    fake_engine.refusal = None
+    assert (await respond(alice, input="hi"))["status"] == "completed"
+
+
+async def test_keep_alive_pings_flow_while_the_stream_waits_for_the_engine_to_accept_it(
+    fake_engine: FakeEngine,
+) -> None:
+    # The opening waits for the engine's acceptance (so that a refusal is still a real status);
+    # a load balancer meanwhile sees pings, as during a long prefill.
+    fake_engine.accept_gate = asyncio.Event()
+    body = {"model": "fake-model", "input": "hi", "stream": True}
+    async with (
+        running_gateway(fake_engine, ping_interval=0.05) as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=30) as client,
+        asyncio.timeout(30),
+        client.stream("POST", "/v1/responses", json=body) as r,
+    ):
+        assert r.status_code == 200
+        chunks = r.aiter_text()
+        first = await anext(chunks)
+        assert first.startswith(": ping") and not fake_engine.running  # not accepted yet
+        fake_engine.accept_gate.set()
+        rest = "".join([chunk async for chunk in chunks])
+    kinds = [event["type"] for event in validate_responses_sse(first + rest)]
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
 
 
 async def test_max_output_tokens_makes_an_incomplete_response(alice: httpx.AsyncClient) -> None:
