@@ -27,7 +27,7 @@ from gateway.http.access_log import AccessLogMiddleware
 from gateway.http.admin import add_admin_routes
 from gateway.http.admission import AdmissionMiddleware
 from gateway.http.auth import APIKeyMiddleware, UserKeys
-from gateway.http.direct_send import DirectSend
+from gateway.http.direct_send import GatewayApp
 from gateway.http.errors import add_error_handlers
 from gateway.http.identity import identify_by
 from gateway.http.keys import read_keys_file, shorthand_keys
@@ -143,7 +143,7 @@ def create_app(
                 if isinstance(chat.conversations, PersistentConversations):
                     await chat.conversations.close()
 
-    app = FastAPI(title="chatstream-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = GatewayApp(title="chatstream-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.chat_stream = chat
     app.state.core = core
     app.state.settings = config
@@ -244,9 +244,9 @@ def create_app(
     )
     # Outside even CORS, so every response (preflights included) carries X-Request-Id.
     app.add_middleware(AccessLogMiddleware)
-    # The outermost: a stream's body goes from the runner straight to here (gateway.core.direct_send),
-    # so every middleware above must only edit the response's start.
-    app.add_middleware(DirectSend)
+    # A stream's body goes from the runner past all of these (gateway.core.direct_send), so
+    # every middleware above must only edit the response's start; one added later sees it all.
+    app.own_middleware = len(app.user_middleware)
     # Starlette builds the middleware stack on the first request: a middleware that refuses
     # its settings (a short session secret) would then answer 500 to every request. Build
     # it once now, so the error comes from create_app; the app builds its own on start.

@@ -32,7 +32,7 @@ from starlette.types import Message, Send
 from gateway.core.admission import CLAIM_STATE
 from gateway.core.claims import Admission, Claim
 from gateway.core.completion import CompletionCallback, CompletionState, fire_callback
-from gateway.core.direct_send import direct_send
+from gateway.core.direct_send import DirectSend, direct_send
 from gateway.core.engine import ACCEPTED, Engine, EngineDead, EngineOutput
 from gateway.core.errors import EngineUnavailable, GatewayError, error_headers
 from gateway.core.generation import GenerationRequest, Outcome
@@ -55,7 +55,8 @@ class _Stream:
     send: Send
     fmt: StreamFormat
     extra_headers: tuple[tuple[bytes, bytes], ...]
-    direct: Send | None = None  # the body's way past the middlewares (gateway.core.direct_send)
+    direct: DirectSend | None = None  # the body's way past the middlewares (gateway.core.direct_send)
+    write_now: Callable[[bytes], bool] | None = None  # the shortest of them, once the response started
     started: bool = False
     send_started_at: float | None = None
     last_send_at: float = 0.0
@@ -225,7 +226,12 @@ class GenerationRunner:
                         outcome.text_parts.append(out.text)
                     body = fmt.delta(out)
                     if body:
-                        await self._send_body(stream, lock, body)
+                        # Most tokens go on the wire at once (gateway.core.direct_send), without a coroutine.
+                        write_now = stream.write_now
+                        if write_now is not None and not lock.locked() and write_now(body):
+                            stream.last_send_at = now
+                        else:
+                            await self._send_body(stream, lock, body)
                         outcome.parts_sent = len(outcome.text_parts)
                         outcome.streamed = True
             # The stream ended by itself: every engine request of the generation has finished.
@@ -252,6 +258,10 @@ class GenerationRunner:
 
     @staticmethod
     async def _write(stream: _Stream, body: bytes) -> None:
+        write_now = stream.write_now
+        if write_now is not None and write_now(body):  # on the wire at once (gateway.core.direct_send)
+            stream.last_send_at = time.monotonic()
+            return
         # No timeout scope per token (it would cost more than the send): the
         # keep-alive task watches `send_started_at` and cuts a stalled client.
         stream.send_started_at = time.monotonic()
@@ -271,7 +281,7 @@ class GenerationRunner:
         headers = [*stream.fmt.headers, *stream.extra_headers]
         await self._send(stream, {"type": "http.response.start", "status": 200, "headers": headers})
         if stream.direct is not None:  # every middleware has seen the start: the body goes straight down
-            stream.send = stream.direct
+            stream.send, stream.write_now = stream.direct.send, stream.direct.write
 
     async def _send(self, stream: _Stream, message: Message) -> None:
         """A one-off send, bounded by `send_timeout`."""
