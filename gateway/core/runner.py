@@ -127,7 +127,10 @@ class GenerationRunner:
         except Exception as exc:  # a bug or an engine fault: report it, never raise into the server
             error = _first_error(exc)
             outcome.fail(error)
-            logger.exception("request %s failed", gen.request_id)
+            if isinstance(error, GatewayError) and error.status < 500:  # the engine refused the request: no fault
+                logger.info("request %s refused by the engine: %s", gen.request_id, error)
+            else:
+                logger.exception("request %s failed", gen.request_id)
             await self._send_failure(stream, outcome, error)
         finally:
             with anyio.CancelScope(shield=True):

@@ -8,6 +8,7 @@ replicas sharing Redis are in test_responses_replicas.py.
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import aclosing
 from typing import Any
 
@@ -200,7 +201,11 @@ async def test_a_stream_names_its_response_as_soon_as_it_is_admitted_before_the_
 
 @pytest.mark.parametrize("stream", [pytest.param(True, id="streamed"), pytest.param(False, id="whole")])
 async def test_a_request_the_engine_refuses_is_a_400_in_json_and_leaves_nothing_stored(
-    alice: httpx.AsyncClient, fake_engine: FakeEngine, keyed_gateway: Gateway, stream: bool
+    alice: httpx.AsyncClient,
+    fake_engine: FakeEngine,
+    keyed_gateway: Gateway,
+    stream: bool,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Regression: a streamed request that the engine refused after admission (vLLM's checks of
     # its parameters) was a 200 with response.created, response.in_progress and response.failed:
@@ -216,6 +221,7 @@ async def test_a_request_the_engine_refuses_is_a_400_in_json_and_leaves_nothing_
     assert len(records) == kept  # no response stored, in no state
     load = keyed_gateway.app.state.core.admission.load()
     assert (load.running, load.waiting, fake_engine.running) == (0, 0, set())
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # bad input, not a fault of the server
     fake_engine.refusal = None
     assert (await respond(alice, input="hi"))["status"] == "completed"
 
