@@ -196,7 +196,8 @@ async def test_answer_streams_in_and_both_turns_survive_a_reload(
 
     snapshots: list[list[str]] = await page.evaluate("window.answerSnapshots")
     streamed = {text for state, text in snapshots if state == "streaming" and text}
-    final = await page.inner_text(f"{ANSWER} .body")
+    # textContent, as the snapshots: innerText collapses the whitespace a sampled answer may hold.
+    final = await page.text_content(f"{ANSWER} .body") or ""
     assert partial in streamed and len(partial) < len(final), "the answer appeared in one piece instead of growing"
     assert all(len(text) <= len(final) for text in streamed)
     assert await page.inner_text(f"{ANSWER} .meta") == "64 tokens · reached the token limit"
