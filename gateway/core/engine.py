@@ -87,7 +87,10 @@ class EngineStats:
 
     The prefix-cache figures count prompt tokens since the engine started:
     looked up in the cache, and found there (vLLM's `prefix_cache_queries`
-    and `prefix_cache_hits`).
+    and `prefix_cache_hits`); of several front ends of one engine, each counts
+    the reports it received. `reported_at` is the engine's own clock when it
+    made the report (0 where the engine does not say): it tells which of
+    several front ends holds the engine's newest figures.
     """
 
     running: int
@@ -95,6 +98,7 @@ class EngineStats:
     kv_cache_usage: float | None
     prefix_cache_queries: int = 0
     prefix_cache_hits: int = 0
+    reported_at: float = 0.0
 
 
 class EngineDead(RuntimeError):

@@ -6,31 +6,38 @@ never share counters.
 With several front-end processes (`--api-processes N`, gateway.processes) the
 parent sets `PROMETHEUS_MULTIPROC_DIR`, as vLLM's own API server does:
 prometheus_client then keeps every counter and histogram in a file per
-process, and any process's /metrics adds them all up (the request, token,
-refusal and latency figures are gateway-wide). The admission gauges are read
-from the one admission controller. What stays per process, figures of the
-process that answers the scrape: the inter-token latency histogram (kept in
-memory: it is observed once per token) and the engine's own figures (vLLM
-reports them to one front end at a time).
+process, and any process's /metrics adds them all up. The admission gauges are
+read from the one admission controller. The two families each process keeps in
+memory (gateway.core.process_metrics: the inter-token latency histogram, observed
+once per token, and the engine's reports, which vLLM's engine core sends to one
+front end at a time) are written to those files every `PUBLISH_INTERVAL` seconds
+and before a process renders /metrics: every figure of /metrics is the
+gateway's, whichever process answers (another process's newest inter-token gaps
+and engine report show within `PUBLISH_INTERVAL`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
-from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from gateway.core.admission import Load
 from gateway.core.engine import EngineStats
 from gateway.core.errors import GatewayError
 from gateway.core.principal import ANONYMOUS
+from gateway.core.process_metrics import EngineFigures, LoopHistogram, SharedFiles
+
+# Seconds between two copies of a front end's in-memory figures to the shared files (several processes).
+PUBLISH_INTERVAL = 0.5
 
 _LATENCY_BUCKETS = (
     0.005,
@@ -60,16 +67,20 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 class Metrics:
     """The gateway's counters, gauges and histograms, in one registry."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, file_values: Any = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         # What /metrics renders: the registry, or (several processes) every process's files
-        # plus this process's collectors that keep no files (`_LOCAL`).
+        # plus the admission gauges; this process's in-memory figures reach the files by `publish`.
         self._exposed = r
+        self._shared: SharedFiles | None = None
+        self._publishers: list[Callable[[], None]] = []
         shared_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if shared_dir:
             self._exposed = CollectorRegistry()
             MultiProcessCollector(self._exposed, shared_dir)  # type: ignore[no-untyped-call]
+            # `file_values`: prometheus_client's value class of this process's files (a test's stand-in process).
+            self._shared = SharedFiles(file_values)
         self.ttft = Histogram(
             "chatstream:time_to_first_token_seconds",
             "Time from arrival to the first token.",
@@ -79,7 +90,7 @@ class Metrics:
         self.itl = LoopHistogram(
             "chatstream:inter_token_latency_seconds", "Time between consecutive tokens.", _ITL_BUCKETS
         )
-        self._register_local(self.itl)
+        self._register_own(self.itl)
         self.e2e = Histogram(
             "chatstream:e2e_request_latency_seconds",
             "Time from arrival to the end of the request.",
@@ -130,10 +141,41 @@ class Metrics:
         if self._exposed is not self.registry:
             self._exposed.register(collector)
 
+    def _register_own(self, collector: LoopHistogram | EngineFigures) -> None:
+        """This process's in-memory figures: rendered (one process), or copied to the shared files by `publish`."""
+        self.registry.register(collector)
+        if self._shared is not None:
+            self._publishers.append(self._shared.publisher(collector))
+
     def watch(self, load: Callable[[], Load], engine_stats: Callable[[], EngineStats | None]) -> None:
         """Read the gauges from their owners at scrape time, so they can never drift."""
-        self._register_local(_Gauges(load, engine_stats))
-        self._register_local(_PrefixCacheCounters(engine_stats))
+        self._register_local(_AdmissionGauges(load))
+        self._register_own(EngineFigures(engine_stats))
+
+    def publish(self) -> None:
+        """Copy this process's in-memory figures to the shared files (several processes; else nothing)."""
+        for publish in self._publishers:
+            publish()
+
+    @contextlib.asynccontextmanager
+    async def publishing(self) -> AsyncIterator[None]:
+        """While open, `publish` every `PUBLISH_INTERVAL` seconds (several processes; else nothing)."""
+        if self._shared is None:
+            yield
+            return
+        task = asyncio.get_running_loop().create_task(self._publish_every(PUBLISH_INTERVAL))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self.publish()
+
+    async def _publish_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            self.publish()
 
     def count_refusal(self, route: str, error: GatewayError, user_class: str = ANONYMOUS.user_class) -> None:
         """A request refused before it reached the queue."""
@@ -146,72 +188,18 @@ class Metrics:
         self.class_service_tokens.labels(user_class, "output").inc(output_tokens)
 
     def render(self) -> bytes:
+        self.publish()  # this process's own figures as of now
         return generate_latest(self._exposed)
 
 
-class _Gauges:
-    """The admission and engine gauges, read from their owners at scrape time (never kept in files)."""
+class _AdmissionGauges:
+    """The admission gauges, read from the (one, gateway-wide) admission controller at scrape time."""
 
-    def __init__(self, load: Callable[[], Load], engine_stats: Callable[[], EngineStats | None]) -> None:
+    def __init__(self, load: Callable[[], Load]) -> None:
         self.load = load
-        self.engine_stats = engine_stats
 
     def collect(self) -> Iterator[Metric]:
         load = self.load()
         yield GaugeMetricFamily("chatstream:num_requests_running", "Requests holding a generation slot.", load.running)
         yield GaugeMetricFamily("chatstream:num_requests_waiting", "Requests waiting for a slot.", load.waiting)
         yield GaugeMetricFamily("chatstream:admission_capacity", "Generation slots.", load.capacity)
-        stats = self.engine_stats()
-        nan = float("nan")
-        running = nan if stats is None else stats.running
-        waiting = nan if stats is None else stats.waiting
-        usage = nan if stats is None or stats.kv_cache_usage is None else stats.kv_cache_usage
-        yield GaugeMetricFamily("chatstream:engine_num_requests_running", "Requests the engine runs.", running)
-        yield GaugeMetricFamily("chatstream:engine_num_requests_waiting", "Requests the engine queues.", waiting)
-        yield GaugeMetricFamily("chatstream:kv_cache_usage_perc", "Engine KV-cache usage (1 = full).", usage)
-
-
-class _PrefixCacheCounters:
-    """The engine's prefix-cache totals as counters, read at scrape time (the hit rate is hits / queries)."""
-
-    def __init__(self, engine_stats: Callable[[], EngineStats | None]) -> None:
-        self.engine_stats = engine_stats
-
-    def collect(self) -> Iterator[Metric]:
-        stats = self.engine_stats()
-        queries = stats.prefix_cache_queries if stats is not None else 0
-        hits = stats.prefix_cache_hits if stats is not None else 0
-        yield CounterMetricFamily(
-            "chatstream:engine_prefix_cache_queries", "Prompt tokens the engine looked up in its prefix cache.", queries
-        )
-        yield CounterMetricFamily(
-            "chatstream:engine_prefix_cache_hits", "Prompt tokens the engine found in its prefix cache.", hits
-        )
-
-
-class LoopHistogram:
-    """A histogram observed only from the event loop's thread: one list update per observation.
-
-    prometheus_client's `Histogram` takes a lock and updates two values per
-    observation; the inter-token latency is observed once per streamed token,
-    where that was a tenth of the gateway's own CPU per token.
-    """
-
-    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.bounds = buckets
-        self.counts = [0] * (len(buckets) + 1)  # the last: above every bound (+Inf)
-        self.sum = 0.0
-
-    def observe(self, value: float, times: int = 1) -> None:
-        """`times` observations of `value`."""
-        self.counts[bisect_left(self.bounds, value)] += times
-        self.sum += value * times
-
-    def collect(self) -> Iterator[Metric]:
-        cumulative, buckets = 0, []
-        for bound, count in zip((*map(floatToGoString, self.bounds), "+Inf"), self.counts, strict=True):
-            cumulative += count
-            buckets.append((bound, cumulative))
-        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=self.sum)

@@ -69,7 +69,8 @@ class Core:
         try:
             await self.admission.start()
             try:
-                yield
+                async with self.metrics.publishing():
+                    yield
             finally:
                 await self.admission.stop()
         finally:

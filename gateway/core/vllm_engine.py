@@ -101,6 +101,7 @@ class VLLMEngine:
         self._llm: Any = None
         self._tokenizer: _HFTokenizer | None = None
         self._stats: EngineStats | None = None
+        self._report_stamp = [0.0]  # the engine's clock at its latest report (several front ends only)
 
     async def start(self) -> None:
         from vllm.usage.usage_lib import UsageContext
@@ -122,6 +123,8 @@ class VLLMEngine:
                 client_count=count,
                 client_index=index,
             )
+        if self.client is not None:
+            self._stamp_reports(self._llm.engine_core)
         # vLLM reads some of its settings from the environment on every use, one of them once
         # per engine output (its iteration stats); its engine processes cache them once started,
         # and so does this one now (the environment is not changed after start-up).
@@ -133,6 +136,24 @@ class VLLMEngine:
 
         self._tokenizer = _HFTokenizer(self._llm.get_tokenizer(), load_chat_template(self.chat_template))
         logger.info("engine ready: model=%s max_model_len=%d", self.model, self.max_model_len)
+
+    def _stamp_reports(self, engine_core: Any) -> None:
+        # The engine core sends each step's scheduler report to one of its front ends only
+        # (vllm/v1/core/sched/scheduler.py: the first with outputs in the step), so which
+        # front end holds the newest figures is told by the engine's own clock: the timestamp
+        # of the message that carried the report, which vLLM's stat loggers are not given.
+        # AsyncLLM's output loop looks this method up on every message, and hands the
+        # message's report to the stat loggers before it asks for the next one.
+        receive = engine_core.get_output_async
+        stamp = self._report_stamp
+
+        async def get_output_async() -> Any:
+            outputs = await receive()
+            if outputs.scheduler_stats is not None:
+                stamp[0] = outputs.timestamp
+            return outputs
+
+        engine_core.get_output_async = get_output_async
 
     def _stats_tap_factory(self) -> Any:
         from vllm.v1.metrics.loggers import PrometheusStatLogger
@@ -162,6 +183,7 @@ class VLLMEngine:
                         kv_cache_usage=scheduler_stats.kv_cache_usage,
                         prefix_cache_queries=(before.prefix_cache_queries if before else 0) + cache.queries,
                         prefix_cache_hits=(before.prefix_cache_hits if before else 0) + cache.hits,
+                        reported_at=engine._report_stamp[0],
                     )
 
             def log_engine_initialized(self) -> None:

@@ -5,17 +5,22 @@ sessions in a real Redis. With 2 slots and 2 queue places and the engine
 paused (every admitted request holds its slot), requests spread over both
 processes are held, refused, displaced, abandoned and timed out exactly as one
 process would; /metrics and /get_load of any process report the gateway's
-figures; each completion state reaches the log line of the process that served
-the request; SIGTERM drains both processes and stops every child.
+figures (the inter-token gaps and the engine's figures included); each
+completion state reaches the log line of the process that served the request;
+SIGTERM drains both processes and stops every child.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import re
 import signal
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -54,6 +59,7 @@ def gateway(
     keys.write_text(KEYS)
     flags = ["--api-processes", "2", "--served-model-name", "tiny", "--keys-file", str(keys)]
     flags += ["--session-store", redis_server.url, "--session-secret", SECRET, "--ignore-eos"]
+    flags += ["--enable-prompt-tokens-details"]  # usage counts the prompt tokens the prefix cache served
     flags += ["--concurrency", "2", "--queue-size", "2", "--queue-timeout", str(QUEUE_TIMEOUT)]
     server = Gateway(directory, tiny_model_dir, *flags)
     server.start()
@@ -190,6 +196,118 @@ async def test_two_processes_admit_refuse_and_report_as_one_gateway(gateway: Gat
             if len(set(scrapes(gateway).values())) == 2:
                 break
     assert len(set(scrapes(gateway).values())) == 2, "one process answered every scrape"
+
+
+@dataclass
+class Streamed:
+    """What a client saw of one streamed answer: the engine's outputs' token counts, and the usage."""
+
+    outputs: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def gaps(self) -> int:
+        """The inter-token gaps the gateway observes: every token but those of the first output."""
+        tokens = [n for n in self.outputs if n]
+        return sum(tokens) - tokens[0]
+
+
+async def stream_counted(gateway: Gateway, request_id: str, question: str) -> Streamed:
+    """A streamed chat completion whose chunks carry their token ids (one chunk per engine output)."""
+    body = {**chat(12), "messages": [{"role": "user", "content": question}], "return_token_ids": True}
+    body["stream_options"] = {"include_usage": True}
+    seen = Streamed()
+    headers = {"authorization": "Bearer sk-light", "x-request-id": request_id}
+    async with (
+        httpx.AsyncClient(base_url=gateway.url, timeout=120) as client,
+        client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as response,
+    ):
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line.removeprefix("data: "))
+            seen.outputs += [len(choice["token_ids"]) for choice in chunk["choices"]]
+            if chunk.get("usage"):
+                seen.prompt_tokens = chunk["usage"]["prompt_tokens"]
+                seen.cached_tokens = chunk["usage"]["prompt_tokens_details"]["cached_tokens"]
+    return seen
+
+
+_FIGURES = (
+    "chatstream:inter_token_latency_seconds_count",
+    "chatstream:engine_prefix_cache_queries_total",
+    "chatstream:engine_prefix_cache_hits_total",
+    "chatstream:engine_num_requests_running",
+    "chatstream:engine_num_requests_waiting",
+    "chatstream:kv_cache_usage_perc",
+)
+
+
+Figures = dict[str, dict[str, float]]
+
+
+async def figures_of_both(gateway: Gateway, settled: Callable[[Figures], bool], timeout: float = 30) -> Figures:
+    """`_FIGURES` as each front end's /metrics shows them: pid -> figures, the latest scrape of each.
+
+    Scrapes (each on a new connection) until both processes have answered and
+    `settled` holds of their figures (another process's newest figures reach
+    the shared files within a publishing interval), or `timeout` has passed.
+    """
+    latest: Figures = {}
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+        for i in itertools.count():
+            request_id = f"scrape-{time.monotonic_ns()}{i}"
+            text = (await client.get("/metrics", headers={"connection": "close", "x-request-id": request_id})).text
+            await eventually(lambda request_id=request_id: request_id in scrapes(gateway))
+            latest[scrapes(gateway)[request_id]] = {name: metric(text, name) for name in _FIGURES}
+            if len(latest) == 2 and (settled(latest) or time.monotonic() > deadline):
+                return latest
+            await asyncio.sleep(0.05)
+    raise AssertionError("unreachable")
+
+
+def agree(figures: Figures) -> bool:
+    """Both processes show the same counts (the engine's gauges are NaN until its first report)."""
+    a, b = figures.values()
+    return all(a[name] == b[name] for name in _FIGURES[:3])
+
+
+async def test_any_front_end_shows_the_gateways_inter_token_gaps_and_the_engines_figures(gateway: Gateway) -> None:
+    # Regression (issue 14): /metrics showed the inter-token gaps and the engine's reports that
+    # reached the answering process only; the engine core sends each step's report to one front end.
+    await eventually(lambda: gateway.log.read_text().count(") is serving") == 2, timeout=120)
+    before = await figures_of_both(gateway, agree)  # the earlier tests' figures (if any), from either process
+    assert agree(before), before
+    start = next(iter(before.values()))
+
+    question = "a long question about the stream " * 30  # several cache blocks: asked again, found in the cache
+    answers: dict[str, Streamed] = {}
+    async with asyncio.timeout(120):
+        for round_ in range(5):  # until both processes have served some: each connection goes to the less busy
+            ids = [f"gaps-{round_}-{i}" for i in range(4)]
+            seen = await asyncio.gather(*(stream_counted(gateway, request_id, question) for request_id in ids))
+            answers.update(zip(ids, seen, strict=True))
+            await eventually(lambda: answers.keys() <= served(gateway).keys())
+            if len({served(gateway)[request_id][0] for request_id in answers}) == 2:
+                break
+    assert len({served(gateway)[request_id][0] for request_id in answers}) == 2, "one process served every request"
+    assert any(seen.cached_tokens for seen in answers.values())
+
+    gaps, queries, hits = (start[name] for name in _FIGURES[:3])
+    expected = {
+        "chatstream:inter_token_latency_seconds_count": gaps + sum(s.gaps for s in answers.values()),
+        "chatstream:engine_prefix_cache_queries_total": queries + sum(s.prompt_tokens for s in answers.values()),
+        "chatstream:engine_prefix_cache_hits_total": hits + sum(s.cached_tokens for s in answers.values()),
+        # The engine is idle now: its newest report says so, whichever process received it.
+        "chatstream:engine_num_requests_running": 0,
+        "chatstream:engine_num_requests_waiting": 0,
+        "chatstream:kv_cache_usage_perc": 0,
+    }
+    shown = await figures_of_both(gateway, lambda figures: all(f == expected for f in figures.values()))
+    assert list(shown.values()) == [expected, expected], shown
 
 
 async def test_sigterm_drains_both_processes_and_stops_every_child(gateway: Gateway) -> None:
