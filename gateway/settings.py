@@ -221,6 +221,13 @@ class Config(BaseModel):
                 "(each process would keep its own users' sessions and stored responses); give --session-store "
                 "redis://..., sqlite:///PATH or postgresql://..."
             )
+        if self.api_processes > 1 and not self.exit_on_engine_death:
+            # vLLM's client in a front end does not watch an engine core it did not start (its
+            # monitor needs the engine manager, which the parent holds): the parent stops the gateway.
+            raise ValueError(
+                "no_exit_on_engine_death works with one process only: with api_processes > 1 the engine "
+                "core's death stops the whole gateway (exit status 1), for a supervisor to restart it"
+            )
         if self.enable_auto_tool_choice and not self.tool_call_parser:
             raise ValueError("--enable-auto-tool-choice requires --tool-call-parser")
         return self

@@ -91,6 +91,11 @@ def test_no_flags_and_no_environment_give_the_defaults(served: list[Settings]) -
         pytest.param(["--max-session-bytes", str(2**30)], id="session-larger-than-the-store"),
         # Each front-end process would keep its own users' sessions: a shared store is required.
         pytest.param(["--api-processes", "2"], id="api-processes-with-per-process-sessions"),
+        # A flag the front ends could not honour: refused, not ignored.
+        pytest.param(
+            ["--no-exit-on-engine-death", "--api-processes", "2", "--session-store", "redis://cache:6379"],
+            id="api-processes-that-outlive-the-engine",
+        ),
     ],
 )
 def test_a_bad_setting_is_a_usage_error_before_anything_starts(
