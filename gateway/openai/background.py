@@ -21,6 +21,12 @@ when it is the one cancelling, and otherwise by reading the record every
 engine request is aborted, the slot freed). The record's lock also orders the
 cancel and the run's own ending, so a cancelled response never turns
 completed afterwards.
+
+A streamed background response (`stream` too) keeps its events in a log on
+the replica that runs it (event_log.py), which the POST's stream and any
+`GET ...?stream=true` read; the log's last event is written once the run's
+ending is stored, from the stored response, and the log is dropped
+`log_keep` seconds after that.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from gateway.core.completion import CompletionCallback, CompletionState
 from gateway.core.direct_send import DIRECT_SEND_STATE
 from gateway.core.errors import BadChatRequest, GatewayError
 from gateway.core.stream_format import StreamFormat
+from gateway.openai.event_log import EventLog
 from gateway.openai.response_store import ResponseStore
 
 logger = logging.getLogger(__name__)
@@ -59,6 +66,7 @@ class BackgroundRuns:
         *,
         poll: float = 1.0,
         lease: float = 10.0,
+        log_keep: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.core = core
@@ -66,7 +74,9 @@ class BackgroundRuns:
         self.callback = callback
         self.poll = poll
         self.lease = lease  # wall-clock seconds, shared by replicas: far above their clocks' skew
+        self.log_keep = log_keep  # seconds a streamed response's events stay readable after its run ended
         self.clock = clock
+        self._logs: dict[str, EventLog] = {}
         self._cancels: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # a reference each: the loop keeps only weak ones
 
@@ -78,8 +88,16 @@ class BackgroundRuns:
         on_end: Callable[[Outcome], Awaitable[None]],
         response_id: str,
         owner: str,
+        log: EventLog | None = None,
     ) -> None:
-        """Run `gen` detached from `request`, which gives its admission claim to the run."""
+        """Run `gen` detached from `request`, which gives its admission claim to the run.
+
+        `log`: a streamed response's events, which its format appends to; readable here until
+        `log_keep` seconds after the run's ending is stored and written to it.
+        """
+        self._drop_old_logs()
+        if log is not None:
+            self._logs[response_id] = log
         state = request.scope.setdefault("state", {})
         # The request's state (its principal, id) without its connection's short way down.
         detached_state = {k: v for k, v in state.items() if k != DIRECT_SEND_STATE}
@@ -100,7 +118,7 @@ class BackgroundRuns:
             """The run's HTTP messages: the stored response is its answer."""
 
         detached = Request({**request.scope, "state": detached_state}, receive)
-        task = asyncio.create_task(self._run(detached, discard, gen, fmt, on_end, response_id, owner))
+        task = asyncio.create_task(self._run(detached, discard, gen, fmt, on_end, response_id, owner, log))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -113,6 +131,7 @@ class BackgroundRuns:
         on_end: Callable[[Outcome], Awaitable[None]],
         response_id: str,
         owner: str,
+        log: EventLog | None,
     ) -> None:
         async def started() -> None:
             await self._mark_started(response_id, owner)
@@ -123,6 +142,32 @@ class BackgroundRuns:
             logger.exception("a background response failed")
         finally:
             self._cancels.pop(response_id, None)
+            if log is not None:
+                log.finish(await self._ending(response_id, owner, log.response), self.clock())
+
+    async def _ending(self, response_id: str, owner: str, head: dict[str, Any]) -> dict[str, Any]:
+        """How the run ended, as stored (on_end has stored it, or a cancel or a lapsed lease before it)."""
+        try:
+            response: dict[str, Any] = (await self.store.response(response_id, owner))["response"]
+            if response["status"] not in ACTIVE:
+                return response
+            message = "the response's ending was not stored"
+        except GatewayError as err:  # deleted while it ran, or the store is away
+            response, message = head, err.message
+        error = {"code": "server_error", "message": message}
+        return {**response, "status": "failed", "error": error}
+
+    def log(self, response_id: str) -> EventLog | None:
+        """The events of a streamed background response this replica runs or ran lately."""
+        self._drop_old_logs()
+        return self._logs.get(response_id)
+
+    def _drop_old_logs(self) -> None:
+        # On each start and read (no timer): bounded by the responses streamed within `log_keep`.
+        now = self.clock()
+        for response_id, log in list(self._logs.items()):
+            if log.ended_at is not None and now - log.ended_at > self.log_keep:
+                del self._logs[response_id]
 
     async def _mark_started(self, response_id: str, owner: str) -> None:
         """The run has its slot and hands the request to the engine: the stored response reads in_progress.

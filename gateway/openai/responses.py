@@ -10,7 +10,8 @@ continues as soon as it has its answer always finds it, on any replica.
 A chain longer than the model's context is cut for the engine at a turn,
 oldest turns first (chain_window.py); what is stored stays whole. A
 `background` response is stored at once as queued and runs detached
-(background.py).
+(background.py); streamed too, its answer is the stream of its run's events
+(event_log.py), which `GET ...?stream=true&starting_after=N` reads again.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from gateway.http.limits import read_body
 from gateway.openai.background import BackgroundRuns
 from gateway.openai.bodies import parse
 from gateway.openai.chain_window import prepare_window
+from gateway.openai.event_log import EventLog, LogStream
 from gateway.openai.frontend import Prepared
 from gateway.openai.response_items import input_items, item_list, new_id
 from gateway.openai.response_store import ResponseStore
@@ -96,8 +98,17 @@ class ResponsesRoutes:
         except GatewayError as err:
             return self.routes.refuse(RESPONSES_ROUTE, err)
         on_end = self._recorder(fmt, req, owner, new_items, conversation, queued=queued)
-        self.background.start(request, gen, fmt, on_end, head["id"], owner)
-        return JSONResponse(queued)
+        if not req.stream:
+            self.background.start(request, gen, fmt, on_end, head["id"], owner)
+            return JSONResponse(queued)
+        fmt.log = EventLog(queued)
+        fmt.queued()  # the stream opens at once with the id, as the stored response reads: queued
+        self.background.start(request, gen, fmt, on_end, head["id"], owner, fmt.log)
+        return self._log_stream(fmt.log, -1)
+
+    def _log_stream(self, log: EventLog, after: int) -> LogStream:
+        config = self.core.config
+        return LogStream(log, after, ping_interval=config.ping_interval, send_timeout=config.send_timeout)
 
     def _recorder(
         self,
@@ -129,11 +140,22 @@ class ResponsesRoutes:
     async def get(self, request: Request, response_id: str) -> Response:
         owner = owner_of(request)
         try:
+            stream, after = _stream_params(request)
             record = await self.store.response(response_id, owner)
             response = await self.background.current(response_id, owner, record)
+            if not stream:
+                return JSONResponse(response)
+            log = self.background.log(response_id)
+            if log is None:
+                raise BadChatRequest(
+                    "this server keeps no events of this response: only a streamed background response's "
+                    f"events are kept, by the server that runs it, until {self.background.log_keep:g} s after "
+                    "it ends; GET /v1/responses/{id} without stream returns the response",
+                    param="stream",
+                )
         except GatewayError as err:
             return self.routes.refuse("v1/responses/{id}", err)
-        return JSONResponse(response)
+        return self._log_stream(log, after)
 
     async def delete(self, request: Request, response_id: str) -> Response:
         try:
@@ -156,6 +178,21 @@ class ResponsesRoutes:
         except GatewayError as err:
             return self.routes.refuse("v1/responses/{id}/cancel", err)
         return JSONResponse(response)
+
+
+def _stream_params(request: Request) -> tuple[bool, int]:
+    """`stream` and `starting_after` of `GET /v1/responses/{id}` (-1: from the first event)."""
+    params = request.query_params
+    stream = params.get("stream", "false").lower()
+    if stream not in ("true", "false", "1", "0"):
+        raise BadChatRequest("stream must be true or false", param="stream")
+    after = params.get("starting_after")
+    if after is None:
+        return stream in ("true", "1"), -1
+    try:
+        return stream in ("true", "1"), int(after)
+    except ValueError:
+        raise BadChatRequest("starting_after must be an integer (a sequence number)", param="starting_after") from None
 
 
 def _response_head(req: ResponsesRequest, gen: GenerationRequest, prepared: Prepared) -> dict[str, Any]:

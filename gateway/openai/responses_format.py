@@ -8,6 +8,11 @@ A stream runs `response.created`, `response.in_progress`, then per output item
 by the chat route's tool and reasoning parser (`AnswerSpec.parser`), so a tool
 call becomes a `function_call` item. The finished response is kept
 (`final`) for the route to store.
+
+A streamed background response's run also appends each event to its
+replica's event log (`log`), which the streams of that response read; it
+opens with `response.created` reading `queued` (`queued()`), and its last
+event comes from the stored ending (event_log.py), not from here.
 """
 
 from __future__ import annotations
@@ -20,9 +25,13 @@ from gateway.core.engine import EngineOutput
 from gateway.core.errors import GatewayError
 from gateway.core.generation import Outcome
 from gateway.http.sse import PING, SSE_HEADERS
+from gateway.openai.event_log import EventLog
 from gateway.openai.format import JSON_HEADERS, dumps, openai_error_body
 from gateway.openai.frontend import AnswerParser, AnswerSpec, Delta
 from gateway.openai.response_items import function_call, new_id, output_message
+
+# A stream's last events: a background response's log spells its own, from the stored ending.
+_ENDINGS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 @dataclass(eq=False, slots=True)
@@ -55,6 +64,8 @@ class ResponsesFormat:
         self._parser: AnswerParser | None = None if spec.parser is None else spec.parser(prompt_ids)
         self._seq = 0
         self._started = False
+        self._announced = False  # `response.created` sent already, reading queued
+        self.log: EventLog | None = None  # a streamed background response's events, as they are spelled
         self._items: list[_Item] = []
         self._open: _Item | None = None
         self._calls: dict[int, _Item] = {}  # streamed tool calls by their chat index
@@ -103,7 +114,13 @@ class ResponsesFormat:
             return b""
         self._started = True
         created = {**self.response, "status": "in_progress"}
-        return self._event("response.created", response=created) + self._event("response.in_progress", response=created)
+        out = b"" if self._announced else self._event("response.created", response=created)
+        return out + self._event("response.in_progress", response=created)
+
+    def queued(self) -> None:
+        """A streamed background response's first event, at once: `response.created`, reading queued."""
+        self._announced = True
+        self._event("response.created", response={**self.response, "status": "queued"})
 
     def _item(self, kind: str) -> _Item:
         """The open item of `kind`, opening it (and closing the one before) if need be."""
@@ -185,7 +202,10 @@ class ResponsesFormat:
         self._queue.clear()
         body = {"type": kind, "sequence_number": self._seq, **fields}
         self._seq += 1
-        return queued + b"event: " + kind.encode() + b"\ndata: " + dumps(body) + b"\n\n"
+        event = b"event: " + kind.encode() + b"\ndata: " + dumps(body) + b"\n\n"
+        if self.log is not None and kind not in _ENDINGS:
+            self.log.append(event)
+        return queued + event
 
     # --- at the end ----------------------------------------------------------------------------
 

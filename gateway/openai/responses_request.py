@@ -89,11 +89,6 @@ class ResponsesRequest(BaseModel):
             )
         if self.background and not self.store:
             raise BadChatRequest("a background response must be stored: set store to true", param="background")
-        if self.background and self.stream:
-            raise BadChatRequest(
-                "streaming a background response is not supported by this server: poll GET /v1/responses/{id}",
-                param="stream",
-            )
         if self.top_logprobs:
             raise BadChatRequest("top_logprobs is not supported by this server", param="top_logprobs")
         for name in self.include or ():

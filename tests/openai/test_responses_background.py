@@ -137,7 +137,7 @@ async def test_a_finished_background_response_cannot_be_cancelled(alice: httpx.A
     ("body", "param", "words"),
     [
         pytest.param({"store": False}, "background", "must be stored", id="not-stored"),
-        pytest.param({"stream": True}, "stream", "poll GET", id="streamed"),
+        pytest.param({"store": False, "stream": True}, "background", "must be stored", id="streamed-not-stored"),
     ],
 )
 async def test_what_a_background_response_cannot_be_is_a_400(

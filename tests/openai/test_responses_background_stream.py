@@ -1,0 +1,246 @@
+"""Streamed background responses: the POST streams its run's events, which `GET ?stream=true` resumes.
+
+As vLLM's own server does (and OpenAI's API: "resume a background stream with
+starting_after"): the run goes on without its client, its events stay on the
+replica that runs it, and every event is checked against OpenAI's schemas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from gateway import CompletionState
+from tests.fakes import FakeEngine
+from tests.gateway_app import Gateway, running_gateway
+from tests.openai.test_responses import ANSWER, error_of, text_of
+from tests.openai.test_responses_background import alice_on, poll, replicas, running, start  # noqa: F401
+from tests.openai_spec import validate, validate_responses_sse
+from tests.sse_client import iter_events
+
+BODY = {"model": "fake-model", "input": "hi", "background": True, "stream": True}
+
+
+def kinds(events: list[dict[str, Any]]) -> list[str]:
+    return [event["type"] for event in events]
+
+
+async def resumed(client: httpx.AsyncClient, response_id: str, after: int | None = None) -> list[dict[str, Any]]:
+    """`GET /v1/responses/{id}?stream=true[&starting_after=N]`, read to its end."""
+    params = {"stream": "true"} if after is None else {"stream": "true", "starting_after": str(after)}
+    r = await client.get(f"/v1/responses/{response_id}", params=params)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+    return validate_responses_sse(r.text)
+
+
+async def test_a_streamed_background_response_streams_every_event_in_order_and_is_stored_completed(
+    alice: httpx.AsyncClient, keyed_gateway: Gateway
+) -> None:
+    r = await alice.post("/v1/responses", json=BODY)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+    events = validate_responses_sse(r.text)
+    deltas = kinds(events).count("response.output_text.delta")
+    assert kinds(events) == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.output_text.delta"] * deltas,
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    # OpenAI's lifecycle: created while it waits for a slot (queued), then in progress, then its ending.
+    assert events[0]["response"]["status"] == "queued" and events[0]["response"]["background"] is True
+    assert events[1]["response"]["status"] == "in_progress"
+    assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == ANSWER
+    completed = events[-1]["response"]
+    stored = (await alice.get(f"/v1/responses/{completed['id']}")).json()
+    assert stored == completed and stored["status"] == "completed" and text_of(stored) == ANSWER
+    assert await keyed_gateway.wait_states(1) == [CompletionState.SUCCESS]
+    assert await running(alice) == 0
+    # The whole stream again, from the first event: the same events.
+    assert await resumed(alice, completed["id"]) == events
+
+
+async def test_a_client_that_leaves_mid_stream_does_not_stop_the_run(
+    alice: httpx.AsyncClient, fake_engine: FakeEngine, keyed_gateway: Gateway
+) -> None:
+    fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 3
+    async with asyncio.timeout(30), alice.stream("POST", "/v1/responses", json=BODY) as r:
+        assert r.status_code == 200
+        async with aclosing(iter_events(r)) as events:
+            response_id = (await anext(events)).data["response"]["id"]
+            async for event in events:
+                if event.event == "response.output_text.delta":
+                    break
+    # Gone: once the gateway has handled the POST to its end, the run still holds its slot.
+    await keyed_gateway.handled.wait_handled()
+    assert await running(alice) == 1 and fake_engine.running and not fake_engine.aborted
+    assert keyed_gateway.states == []
+    fake_engine.gate.set()
+    assert await keyed_gateway.wait_states(1) == [CompletionState.SUCCESS]
+    stored = await poll(alice, response_id, ("completed",))
+    assert text_of(stored) == ANSWER
+    assert (await resumed(alice, response_id))[-1]["response"] == stored
+
+
+async def test_get_stream_starting_after_n_resumes_at_n_plus_1_and_follows_the_run_to_its_end(
+    alice: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 3
+    first: list[dict[str, Any]] = []
+    async with (
+        asyncio.timeout(30),
+        alice.stream("POST", "/v1/responses", json=BODY) as r,
+        aclosing(iter_events(r)) as events,
+    ):
+        async for event in events:
+            first.append(event.data)
+            if event.event == "response.output_text.delta":
+                break
+    response_id, last = first[0]["response"]["id"], first[-1]["sequence_number"]
+    # While the run is held: the events after `last`, then the live ones once it goes on.
+    params = {"stream": "true", "starting_after": str(last)}
+    async with asyncio.timeout(30), alice.stream("GET", f"/v1/responses/{response_id}", params=params) as r:
+        assert r.status_code == 200
+        chunks = r.aiter_text()
+        body = await anext(chunks)  # what was logged after `last`, sent at once
+        fake_engine.gate.set()
+        body += "".join([chunk async for chunk in chunks])
+    rest = validate_responses_sse(body)
+    assert rest[0]["sequence_number"] == last + 1 and rest[-1]["type"] == "response.completed"
+    whole = await resumed(alice, response_id)
+    assert first + rest == whole
+    assert [e["sequence_number"] for e in whole] == list(range(len(whole)))
+    for n in (0, len(whole) // 2, len(whole) - 2):
+        assert await resumed(alice, response_id, n) == whole[n + 1 :]
+
+
+async def test_resuming_after_the_last_event_is_an_empty_stream(alice: httpx.AsyncClient) -> None:
+    events = validate_responses_sse((await alice.post("/v1/responses", json=BODY)).text)
+    r = await alice.get(f"/v1/responses/{events[0]['response']['id']}?stream=true&starting_after={len(events) - 1}")
+    assert r.status_code == 200 and r.text == ""
+
+
+async def test_cancel_mid_stream_ends_the_stream_with_the_cancelled_response_and_stores_it(
+    alice: httpx.AsyncClient, fake_engine: FakeEngine, keyed_gateway: Gateway
+) -> None:
+    fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 3
+    async with asyncio.timeout(30), alice.stream("POST", "/v1/responses", json=BODY) as r:
+        body = ""
+        chunks = r.aiter_text()
+        while "response.output_text.delta" not in body:
+            body += await anext(chunks)
+        response_id = validate_responses_sse(body)[0]["response"]["id"]
+        cancel = await alice.post(f"/v1/responses/{response_id}/cancel")
+        assert cancel.status_code == 200 and cancel.json()["status"] == "cancelled"
+        body += "".join([chunk async for chunk in chunks])
+    events = validate_responses_sse(body)
+    # The spec has no event for a cancel: the stream ends with `response.failed` carrying the
+    # response as stored, `cancelled`.
+    assert events[-1]["type"] == "response.failed" and events[-1]["response"]["status"] == "cancelled"
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    stored = (await alice.get(f"/v1/responses/{response_id}")).json()
+    assert stored == events[-1]["response"]
+    assert await keyed_gateway.wait_states(1) == [CompletionState.CLIENT_DISCONNECTED_WHILE_STREAMING]
+    assert fake_engine.aborted and await running(alice) == 0
+    assert (await resumed(alice, response_id))[-1] == events[-1]
+
+
+async def test_get_stream_without_the_events_here_is_a_400_in_words_after_the_usual_404s(
+    alice: httpx.AsyncClient, bob: httpx.AsyncClient, keyed_gateway: Gateway
+) -> None:
+    streamed = validate_responses_sse((await alice.post("/v1/responses", json=BODY)).text)[0]["response"]["id"]
+    error_of(await bob.get(f"/v1/responses/{streamed}?stream=true"), 404)  # not bob's
+    error_of(await alice.get("/v1/responses/resp_unknown?stream=true"), 404)
+    # Not streamed in the background: nothing was logged.
+    plain = (await alice.post("/v1/responses", json={"input": "hi"})).json()["id"]
+    polled = (await start(alice, input="hi"))["id"]
+    await poll(alice, polled, ("completed",))
+    for response_id in (plain, polled):
+        error = error_of(await alice.get(f"/v1/responses/{response_id}?stream=true"), 400)
+        assert error["param"] == "stream" and "without stream returns the response" in error["message"], error
+        assert (await alice.get(f"/v1/responses/{response_id}?stream=false")).json()["id"] == response_id
+    # Bad parameters, in words.
+    error = error_of(await alice.get(f"/v1/responses/{streamed}?stream=true&starting_after=x"), 400)
+    assert error["param"] == "starting_after"
+    assert error_of(await alice.get(f"/v1/responses/{streamed}?stream=maybe"), 400)["param"] == "stream"
+    # Without stream, unchanged: the response.
+    assert (await alice.get(f"/v1/responses/{streamed}?starting_after=3")).json()["status"] == "completed"
+    # Once `log_keep` seconds have passed since its end, its events are dropped.
+    runs = keyed_gateway.app.state.responses.background
+    assert await resumed(alice, streamed)
+    now = runs.clock()
+    runs.clock = lambda: now + runs.log_keep + 1
+    error = error_of(await alice.get(f"/v1/responses/{streamed}?stream=true"), 400)
+    assert "without stream returns the response" in error["message"] and runs._logs == {}
+
+
+async def test_on_another_replica_get_stream_is_the_400_and_get_the_response(
+    alice_on: list[httpx.AsyncClient],  # noqa: F811 (the fixture, imported)
+) -> None:
+    on_a, on_b = alice_on
+    events = validate_responses_sse((await on_a.post("/v1/responses", json=BODY)).text)
+    response_id = events[0]["response"]["id"]
+    error = error_of(await on_b.get(f"/v1/responses/{response_id}?stream=true"), 400)
+    assert "kept, by the server that runs it" in error["message"]
+    assert (await on_b.get(f"/v1/responses/{response_id}")).json() == events[-1]["response"]
+
+
+async def test_keep_alive_pings_flow_while_the_run_sends_nothing(fake_engine: FakeEngine) -> None:
+    fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 0
+    async with (
+        running_gateway(fake_engine, ping_interval=0.05) as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=30) as client,
+        asyncio.timeout(30),
+        client.stream("POST", "/v1/responses", json=BODY) as r,
+    ):
+        body = ""
+        chunks = r.aiter_text()
+        while ": ping" not in body:
+            body += await anext(chunks)
+        fake_engine.gate.set()
+        body += "".join([chunk async for chunk in chunks])
+    assert kinds(validate_responses_sse(body))[-1] == "response.completed"
+
+
+@pytest.fixture
+async def sdk(keyed_gateway: Gateway) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=keyed_gateway.url + "/v1", api_key="key-alice", max_retries=0) as api:
+        yield api
+
+
+async def test_the_official_sdk_streams_a_background_response_and_resumes_it(
+    sdk: openai.AsyncOpenAI, fake_engine: FakeEngine
+) -> None:
+    fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 3
+    first = []
+    async with asyncio.timeout(30):
+        stream = await sdk.responses.create(model="fake-model", input="hi", background=True, stream=True)
+        async for event in stream:
+            first.append(event)
+            if event.type == "response.output_text.delta":
+                break
+        await stream.close()
+        assert first[0].type == "response.created" and first[0].response.status == "queued"
+        fake_engine.gate.set()
+        resumed_events = await sdk.responses.retrieve(
+            first[0].response.id, stream=True, starting_after=first[-1].sequence_number
+        )
+        rest = [event async for event in resumed_events]
+    assert rest[0].sequence_number == first[-1].sequence_number + 1
+    assert rest[-1].type == "response.completed" and rest[-1].response.output_text == ANSWER
+    everything = [*first, *rest]
+    assert [e.sequence_number for e in everything] == list(range(len(everything)))
+    for event in everything:
+        validate("ResponseStreamEvent", json.loads(event.model_dump_json(exclude_unset=True)))
