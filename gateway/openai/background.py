@@ -144,6 +144,8 @@ class BackgroundRuns:
             self._cancels.pop(response_id, None)
             if log is not None:
                 log.finish(await self._ending(response_id, owner, log.response), self.clock())
+                # Dropped by the next start or read after `log_keep`, or by this timer on an idle replica.
+                asyncio.get_running_loop().call_later(self.log_keep + 1, self._drop_old_logs)
 
     async def _ending(self, response_id: str, owner: str, head: dict[str, Any]) -> dict[str, Any]:
         """How the run ended, as stored (on_end has stored it, or a cancel or a lapsed lease before it)."""
@@ -163,7 +165,7 @@ class BackgroundRuns:
         return self._logs.get(response_id)
 
     def _drop_old_logs(self) -> None:
-        # On each start and read (no timer): bounded by the responses streamed within `log_keep`.
+        # Bounded so by the responses streamed within `log_keep`, each log by one response's events.
         now = self.clock()
         for response_id, log in list(self._logs.items()):
             if log.ended_at is not None and now - log.ended_at > self.log_keep:

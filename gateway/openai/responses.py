@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from pydantic import TypeAdapter, ValidationError
 from starlette.responses import JSONResponse, Response
 
 from gateway.core import Core, GenerationRequest, Outcome
@@ -180,19 +181,22 @@ class ResponsesRoutes:
         return JSONResponse(response)
 
 
+_BOOL, _INT = TypeAdapter(bool), TypeAdapter(int)
+
+
 def _stream_params(request: Request) -> tuple[bool, int]:
-    """`stream` and `starting_after` of `GET /v1/responses/{id}` (-1: from the first event)."""
+    """`stream` and `starting_after` of `GET /v1/responses/{id}` (-1: from the first event), read as vLLM's
+    server reads them (FastAPI's query parameters, i.e. pydantic's lax bool and int)."""
     params = request.query_params
-    stream = params.get("stream", "false").lower()
-    if stream not in ("true", "false", "1", "0"):
-        raise BadChatRequest("stream must be true or false", param="stream")
-    after = params.get("starting_after")
-    if after is None:
-        return stream in ("true", "1"), -1
     try:
-        return stream in ("true", "1"), int(after)
-    except ValueError:
+        stream = _BOOL.validate_python(params.get("stream", False))
+    except ValidationError:
+        raise BadChatRequest("stream must be true or false", param="stream") from None
+    try:
+        after = _INT.validate_python(params.get("starting_after", -1))
+    except ValidationError:
         raise BadChatRequest("starting_after must be an integer (a sequence number)", param="starting_after") from None
+    return stream, after
 
 
 def _response_head(req: ResponsesRequest, gen: GenerationRequest, prepared: Prepared) -> dict[str, Any]:

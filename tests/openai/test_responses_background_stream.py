@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from gateway import CompletionState
+from gateway.core.errors import BadChatRequest
 from tests.fakes import FakeEngine
 from tests.gateway_app import Gateway, running_gateway
 from tests.openai.test_responses import ANSWER, error_of, text_of
@@ -155,6 +156,26 @@ async def test_cancel_mid_stream_ends_the_stream_with_the_cancelled_response_and
     assert await keyed_gateway.wait_states(1) == [CompletionState.CLIENT_DISCONNECTED_WHILE_STREAMING]
     assert fake_engine.aborted and await running(alice) == 0
     assert (await resumed(alice, response_id))[-1] == events[-1]
+
+
+@pytest.mark.parametrize("fault", ["refused", "mid-stream"])
+async def test_a_run_that_fails_ends_its_stream_with_response_failed_as_stored(
+    alice: httpx.AsyncClient, fake_engine: FakeEngine, keyed_gateway: Gateway, fault: str
+) -> None:
+    if fault == "refused":  # vLLM's checks of the request, before the engine accepts it
+        fake_engine.refusal = BadChatRequest("Grammar error: unclosed group", param="text.format")
+    else:
+        fake_engine.fail_after_tokens = 3
+    r = await alice.post("/v1/responses", json=BODY)
+    assert r.status_code == 200, r.text  # the stream had opened (queued) before the run began
+    events = validate_responses_sse(r.text)
+    assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.failed"
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    failed = events[-1]["response"]
+    assert failed["status"] == "failed" and failed["error"]["code"] in ("invalid_prompt", "server_error")
+    assert (await alice.get(f"/v1/responses/{failed['id']}")).json() == failed
+    assert await keyed_gateway.wait_states(1) == [CompletionState.UNKNOWN_ERROR_OCCURRED]
+    assert await running(alice) == 0
 
 
 async def test_get_stream_without_the_events_here_is_a_400_in_words_after_the_usual_404s(
