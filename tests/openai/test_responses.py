@@ -152,12 +152,8 @@ async def test_another_keys_response_is_404_exactly_like_an_unknown_one(
     assert (await alice.get(f"/v1/responses/{response['id']}")).status_code == 200  # bob deleted nothing
 
 
-async def test_the_stream_sends_openai_events_in_order_and_stores_the_completed_response(
-    alice: httpx.AsyncClient,
-) -> None:
-    r = await alice.post("/v1/responses", json={"input": "hi", "stream": True})
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-    events = validate_responses_sse(r.text)
+def check_one_message_stream(events: list[dict[str, Any]]) -> None:
+    """A completed stream of one message, ANSWER, its events in order with sequence numbers 0, 1, ..."""
     kinds = [e["type"] for e in events]
     deltas = kinds.count("response.output_text.delta")
     assert kinds == [
@@ -173,6 +169,15 @@ async def test_the_stream_sends_openai_events_in_order_and_stores_the_completed_
     ]
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == ANSWER
+
+
+async def test_the_stream_sends_openai_events_in_order_and_stores_the_completed_response(
+    alice: httpx.AsyncClient,
+) -> None:
+    r = await alice.post("/v1/responses", json={"input": "hi", "stream": True})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = validate_responses_sse(r.text)
+    check_one_message_stream(events)
     completed = events[-1]["response"]
     assert text_of(completed) == ANSWER
     stored = (await alice.get(f"/v1/responses/{completed['id']}")).json()
