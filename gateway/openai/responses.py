@@ -141,9 +141,9 @@ class ResponsesRoutes:
     async def get(self, request: Request, response_id: str) -> Response:
         owner = owner_of(request)
         try:
-            stream, after = _stream_params(request)
-            record = await self.store.response(response_id, owner)
+            record = await self.store.response(response_id, owner)  # unknown, or another key's: 404 first
             response = await self.background.current(response_id, owner, record)
+            stream, after = _stream_params(request)
             if not stream:
                 return JSONResponse(response)
             log = self.background.log(response_id)

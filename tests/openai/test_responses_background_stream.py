@@ -167,6 +167,7 @@ async def test_get_stream_without_the_events_here_is_a_400_in_words_after_the_us
     streamed = validate_responses_sse((await alice.post("/v1/responses", json=BODY)).text)[0]["response"]["id"]
     error_of(await bob.get(f"/v1/responses/{streamed}?stream=true"), 404)  # not bob's
     error_of(await alice.get("/v1/responses/resp_unknown?stream=true"), 404)
+    error_of(await alice.get("/v1/responses/resp_unknown?stream=true&starting_after=x"), 404)
     # Not streamed in the background: nothing was logged.
     plain = (await alice.post("/v1/responses", json={"input": "hi"})).json()["id"]
     polled = (await start(alice, input="hi"))["id"]
