@@ -22,7 +22,7 @@ from gateway.core.errors import BadChatRequest
 from tests.fakes import FakeEngine
 from tests.gateway_app import Gateway, running_gateway
 from tests.openai.test_responses import ANSWER, check_one_message_stream, error_of, text_of
-from tests.openai.test_responses_background import alice_on, poll, replicas, running, start  # noqa: F401
+from tests.openai.test_responses_background import alice_on, one_slot, poll, replicas, running, start, until  # noqa: F401
 from tests.openai_spec import validate, validate_responses_sse
 from tests.sse_client import iter_events
 
@@ -54,6 +54,31 @@ async def test_a_streamed_background_response_streams_every_event_in_order_and_i
     assert await running(alice) == 0
     # The whole stream again, from the first event: the same events.
     assert await resumed(alice, completed["id"]) == events
+
+
+async def test_a_stream_waiting_for_a_slot_reads_queued_until_the_run_has_one(
+    one_slot: tuple[Gateway, httpx.AsyncClient],  # noqa: F811 (the fixture, imported)
+    fake_engine: FakeEngine,
+) -> None:
+    gw, alice = one_slot
+    fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 0
+    first = await start(alice, input="first")  # holds the one slot
+    await until(lambda: len(fake_engine.running) == 1)
+    async with (
+        asyncio.timeout(30),
+        alice.stream("POST", "/v1/responses", json=BODY) as r,
+        aclosing(iter_events(r)) as events,
+    ):
+        created = await anext(events)
+        assert created.event == "response.created" and created.data["response"]["status"] == "queued"
+        await until(lambda: gw.app.state.core.admission.load().waiting == 1)
+        response_id = created.data["response"]["id"]
+        assert (await alice.get(f"/v1/responses/{response_id}")).json()["status"] == "queued"
+        fake_engine.gate.set()  # the first ends; the second gets the slot
+        rest = [event.data async for event in events]
+    check_one_message_stream([created.data, *rest])
+    assert rest[0]["type"] == "response.in_progress"
+    assert (await poll(alice, first["id"], ("completed",)))["status"] == "completed"
 
 
 async def test_a_client_that_leaves_mid_stream_does_not_stop_the_run(
