@@ -119,6 +119,31 @@ async def test_a_repeated_prompt_reports_the_tokens_vllms_prefix_cache_served(
     assert second.input_tokens_details.cached_tokens == first.input_tokens_details.cache_write_tokens
 
 
+async def test_the_official_client_streams_a_background_response_and_resumes_it_midway(
+    gateway: Gateway, real_engine: VLLMEngine
+) -> None:
+    # As on vLLM's own server: the POST's answer is the run's events; a retrieve with
+    # `starting_after` sends the rest again, the same events, and the stored response agrees.
+    async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0) as api:
+        stream = await api.responses.create(
+            model=real_engine.model_name, input="hello there", max_output_tokens=TOKENS, background=True, stream=True
+        )
+        events = [event async for event in stream]
+        response_id = events[0].response.id  # type: ignore[union-attr]
+        resumed = await api.responses.retrieve(response_id, stream=True, starting_after=2)
+        tail = [event async for event in resumed]
+        stored = await api.responses.retrieve(response_id)
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    assert events[0].type == "response.created" and events[0].response.status == "queued"
+    last = events[-1]
+    assert last.type in ("response.completed", "response.incomplete")
+    assert [event.model_dump() for event in tail] == [event.model_dump() for event in events[3:]]
+    text = "".join(event.delta for event in events if event.type == "response.output_text.delta")
+    assert text and text == stored.output_text == last.response.output_text
+    assert stored.status == last.response.status and stored.usage is not None
+    assert 0 < stored.usage.output_tokens <= TOKENS
+
+
 async def test_with_prompt_tokens_details_chat_usage_reports_the_cached_prompt_tokens(
     real_engine: VLLMEngine,
 ) -> None:
