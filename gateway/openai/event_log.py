@@ -33,6 +33,9 @@ from gateway.openai.format import dumps
 # The stream's last event for each ending; the spec has none for `cancelled`, whose response
 # (status `cancelled`, as stored) ends the stream as the one event that ends a stream otherwise.
 _LAST_EVENT = {"completed": "response.completed", "incomplete": "response.incomplete"}
+_FAILED = "response.failed"
+# The events a log writes itself (`finish`): its run's format leaves them out (responses_format.py).
+LAST_EVENTS = frozenset({*_LAST_EVENT.values(), _FAILED})
 
 
 class EventLog:
@@ -53,7 +56,7 @@ class EventLog:
         """The last event: how the run ended, as stored (`response.completed`, `.incomplete`, `.failed`)."""
         if self.ended_at is not None:
             return
-        kind = _LAST_EVENT.get(response["status"], "response.failed")
+        kind = _LAST_EVENT.get(response["status"], _FAILED)
         body = {"type": kind, "sequence_number": len(self.events), "response": response}
         self.events.append(b"event: " + kind.encode() + b"\ndata: " + dumps(body) + b"\n\n")
         self.ended_at = now

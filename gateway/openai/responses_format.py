@@ -25,13 +25,10 @@ from gateway.core.engine import EngineOutput
 from gateway.core.errors import GatewayError
 from gateway.core.generation import Outcome
 from gateway.http.sse import PING, SSE_HEADERS
-from gateway.openai.event_log import EventLog
+from gateway.openai.event_log import LAST_EVENTS, EventLog
 from gateway.openai.format import JSON_HEADERS, dumps, openai_error_body
 from gateway.openai.frontend import AnswerParser, AnswerSpec, Delta
 from gateway.openai.response_items import function_call, new_id, output_message
-
-# A stream's last events: a background response's log spells its own, from the stored ending.
-_ENDINGS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 @dataclass(eq=False, slots=True)
@@ -203,7 +200,7 @@ class ResponsesFormat:
         body = {"type": kind, "sequence_number": self._seq, **fields}
         self._seq += 1
         event = b"event: " + kind.encode() + b"\ndata: " + dumps(body) + b"\n\n"
-        if self.log is not None and kind not in _ENDINGS:
+        if self.log is not None and kind not in LAST_EVENTS:  # the log spells its own, from the stored ending
             self.log.append(event)
         return queued + event
 
