@@ -156,8 +156,7 @@ class BackgroundRuns:
             message = "the response's ending was not stored"
         except GatewayError as err:  # deleted while it ran, or the store is away
             response, message = head, err.message
-        error = {"code": "server_error", "message": message}
-        return {**response, "status": "failed", "error": error}
+        return _failed(response, {"code": "server_error", "message": message})
 
     def log(self, response_id: str) -> EventLog | None:
         """The events of a streamed background response this replica runs or ran lately."""
@@ -195,7 +194,7 @@ class BackgroundRuns:
         """True if the response was cancelled (on any replica); else the run's lease is renewed."""
         try:
             record = await self.store.response(response_id, owner)
-            if record.get("cancelled") or record["response"]["status"] not in ACTIVE:
+            if not _running(record):
                 return True
             await self.store.update_response(response_id, self.lease_fields())
         except GatewayError:  # deleted, or the store is away for now: cancelled only by an explicit mark
@@ -211,7 +210,7 @@ class BackgroundRuns:
             response = fresh["response"]
             if response["status"] in ACTIVE and fresh.get("alive_until", float("inf")) < self.clock():
                 error = {"code": "server_error", "message": "the server running this response stopped before it ended"}
-                response = {**response, "status": "failed", "error": error}
+                response = _failed(response, error)
                 await self.store.update_response(response_id, {"response": response})
         return response
 
@@ -236,18 +235,27 @@ class BackgroundRuns:
         """Store how the run ended unless it was cancelled meanwhile; the stored response (None if it is gone)."""
         try:
             async with self.store.locked_response(response_id, owner) as record:
-                if record.get("cancelled") or record["response"]["status"] not in ACTIVE:
+                if not _running(record):
                     return None  # cancelled, or given up for dead meanwhile: that ending stands
                 if outcome.state is CompletionState.SUCCESS and final is not None:
                     ended = final
                 else:
-                    ended = {**queued, "status": "failed", "error": _error(outcome)}
+                    ended = _failed(queued, _error(outcome))
                 ended = {**ended, "background": True, "completed_at": int(time.time())}
                 await self.store.update_response(response_id, {"response": ended})
                 return ended
         except GatewayError as err:  # deleted while it ran, or the store is away: nothing to record into
             logger.warning("a background response's ending was not stored: %s", err.message)
             return None
+
+
+def _running(record: dict[str, Any]) -> bool:
+    """The stored response's run has not ended: neither cancelled nor given an ending."""
+    return not record.get("cancelled") and record["response"]["status"] in ACTIVE
+
+
+def _failed(response: dict[str, Any], error: dict[str, str]) -> dict[str, Any]:
+    return {**response, "status": "failed", "error": error}
 
 
 def _error(outcome: Outcome) -> dict[str, str]:
