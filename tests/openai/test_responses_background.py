@@ -171,13 +171,21 @@ async def alice_on(replicas: list[Gateway]) -> AsyncIterator[list[httpx.AsyncCli
         yield [on_a, on_b]
 
 
-async def test_a_cancel_on_another_replica_stops_the_generation_where_it_runs(
-    replicas: list[Gateway], alice_on: list[httpx.AsyncClient], fake_engine: FakeEngine
-) -> None:
+async def held_on_a(
+    alice_on: list[httpx.AsyncClient], fake_engine: FakeEngine
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A background response that replica A runs, held by the engine: as created, and as B reads it running."""
     fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 1
     on_a, on_b = alice_on
     queued = await start(on_a, input="hi")
-    await poll(on_b, queued["id"], ("in_progress",))
+    return queued, await poll(on_b, queued["id"], ("in_progress",))
+
+
+async def test_a_cancel_on_another_replica_stops_the_generation_where_it_runs(
+    replicas: list[Gateway], alice_on: list[httpx.AsyncClient], fake_engine: FakeEngine
+) -> None:
+    on_a, on_b = alice_on
+    queued, _ = await held_on_a(alice_on, fake_engine)
     assert (await on_b.post(f"/v1/responses/{queued['id']}/cancel")).json()["status"] == "cancelled"
     # Replica A reads the mark within its poll interval and stops the generation it runs.
     await replicas[0].wait_states(1)
@@ -189,10 +197,9 @@ async def test_a_cancel_on_another_replica_stops_the_generation_where_it_runs(
 async def test_a_background_response_whose_replica_died_is_reported_failed_not_queued_for_ever(
     replicas: list[Gateway], alice_on: list[httpx.AsyncClient], fake_engine: FakeEngine
 ) -> None:
-    fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 1
     on_a, on_b = alice_on
-    queued = await start(on_a, input="hi")
-    assert (await poll(on_b, queued["id"], ("in_progress",)))["status"] == "in_progress"  # its lease is fresh
+    queued, seen_on_b = await held_on_a(alice_on, fake_engine)
+    assert seen_on_b["status"] == "in_progress"  # its lease is fresh
     # Seen from B a minute later, A has renewed nothing since: as if A had died mid-run.
     b_runs = replicas[1].app.state.responses.background
     now = b_runs.clock()
