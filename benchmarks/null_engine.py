@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, Mapping, Sequence
 
-from gateway.core.engine import EngineOutput, EngineStats, SamplingOptions
+from gateway.core.engine import EngineOutput, EngineStats, OutputSink, SamplingOptions
 
 
 class ByteTokenizer:
@@ -57,7 +57,7 @@ class NullEngine:
         return self._tokenizer
 
     async def generate(
-        self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions
+        self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions, sink: OutputSink | None = None
     ) -> AsyncGenerator[EngineOutput, None]:
         self._running.add(request_id)
         try:
@@ -66,7 +66,11 @@ class NullEngine:
                 await asyncio.sleep(self.token_delay)
                 if request_id not in self._running:  # aborted
                     return
-                yield EngineOutput("tok ", 1, n, "length" if i == last else None)
+                out = EngineOutput("tok ", 1, n, "length" if i == last else None)
+                # Offered as vLLM offers (never the last output): the consumer's cost is the gateway's.
+                if i != last and sink is not None and sink(out):
+                    continue
+                yield out
         finally:
             self._running.discard(request_id)
 

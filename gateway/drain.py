@@ -22,13 +22,22 @@ restarted in place, so (unless `exit_on_engine_death` is off) the server
 stops and the CLI exits with status 1, for systemd, Kubernetes or any
 supervisor to start a fresh process. In-flight streams have already been
 told (an `error` event) by then.
+
+Once started, the server also sets the objects of its start-up aside from the
+garbage collector (`gc.freeze`, as vLLM's own server does): vLLM, torch and
+the tokenizer leave over half a million objects that every full collection
+would walk, about a third of a second of the event loop each time here,
+which under load came to several µs per streamed token and a stall of every
+stream whenever it ran.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
+import socket
 from types import FrameType
 
 import uvicorn
@@ -40,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 
 class DrainingServer(uvicorn.Server):
-    """A uvicorn server that drains `admission` on SIGTERM, and stops if `engine` dies."""
+    """A uvicorn server that drains `admission` on SIGTERM, stops if `engine` dies, and freezes its start-up heap."""
 
     def __init__(
         self,
@@ -55,6 +64,12 @@ class DrainingServer(uvicorn.Server):
         self.engine = engine
         self.engine_died = False
         self._drain_task: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # The start-up's garbage goes first, then what is left of it is never scanned again.
+        gc.collect()
+        gc.freeze()
 
     async def on_tick(self, counter: int) -> bool:
         # uvicorn ticks every 0.1 s; look at the engine once a second.

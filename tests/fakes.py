@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Mapping, Sequence
 
-from gateway.core.engine import ACCEPTED, Engine, EngineDead, EngineOutput, EngineStats, SamplingOptions
+from gateway.core.engine import ACCEPTED, Engine, EngineDead, EngineOutput, EngineStats, OutputSink, SamplingOptions
 from gateway.core.errors import GatewayError
 from prompts import Tokenizer
 
@@ -46,6 +46,8 @@ class FakeEngine:
         self.running: set[str] = set()
         self.aborted: list[str] = []
         self.prompts: list[list[int]] = []
+        self.offer = True  # offer outputs to a consumer's sink, as vLLM's engine does
+        self.taken = 0  # outputs a sink took instead of the stream
         self.options: list[SamplingOptions] = []
         self._tokenizer = CharTokenizer()
         self.started = False
@@ -64,7 +66,7 @@ class FakeEngine:
         return "".join(chr(i) for i in self.prompts[index])
 
     async def generate(
-        self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions
+        self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions, sink: OutputSink | None = None
     ) -> AsyncGenerator[EngineOutput, None]:
         if self.dead:
             raise EngineDead("fake engine is dead")
@@ -97,11 +99,21 @@ class FakeEngine:
                     await asyncio.sleep(self.token_delay)
                 last = i == len(text) - 1
                 reason = ("length" if len(text) >= options.max_tokens else "stop") if last else None
-                yield EngineOutput(ch, 1, len(prompt_token_ids), reason, **cache)
+                out = EngineOutput(ch, 1, len(prompt_token_ids), reason, **cache)
+                if self.took(sink, out):
+                    continue
+                yield out
             if not text:
                 yield EngineOutput("", 0, len(prompt_token_ids), "length", **cache)
         finally:
             self.running.discard(request_id)
+
+    def took(self, sink: OutputSink | None, out: EngineOutput) -> bool:
+        """Whether `sink` took `out` (offered as vLLM offers: never an answer's last output)."""
+        if sink is None or not self.offer or out.finish_reason is not None or not sink(out):
+            return False
+        self.taken += 1
+        return True
 
     def _cached(self, prompt: list[int], block: int = 16) -> int:
         longest = 0
@@ -162,8 +174,9 @@ class PacedEngine:
         await self._engine.stop()
 
     async def generate(
-        self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions
+        self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions, sink: OutputSink | None = None
     ) -> AsyncGenerator[EngineOutput, None]:
+        # No sink: its outputs wait out the pace in this task, so none could be taken at once.
         outputs = self._engine.generate(request_id, prompt_token_ids, options)
         sent = 0
         try:

@@ -9,7 +9,7 @@ tests load without vLLM.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -80,6 +80,11 @@ class EngineOutput:
 # token, which may be a long prefill later. Compared by identity; it carries nothing.
 ACCEPTED = EngineOutput("", 0, 0)
 
+# A consumer that can take an output at once, in the engine's own task, as the engine produces it;
+# False: not now. Every output an engine hands to a sink is one it does not yield: for a stream
+# of a hundred tokens that is a hundred fewer wake-ups of the consumer's task.
+OutputSink = Callable[[EngineOutput], bool]
+
 
 @dataclass(frozen=True, slots=True)
 class EngineStats:
@@ -119,12 +124,21 @@ class Engine(Protocol):
     def tokenizer(self) -> Tokenizer: ...
 
     def generate(
-        self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        options: SamplingOptions,
+        sink: OutputSink | None = None,
     ) -> AsyncGenerator[EngineOutput, None]:
         """Stream one generation's deltas; each answer's last output has a finish_reason.
 
         A request the engine refuses (bad parameters) raises before any output. An engine that
         can tell when it has accepted a request yields `ACCEPTED` then, before its first output.
+
+        With `sink`, the engine may offer it an output instead of yielding it, never an answer's
+        last one, and only while no earlier output waits to be yielded (the order stays whole);
+        what the sink declines is yielded as usual. If the sink raises, the stream raises that.
+        An engine may ignore `sink`.
         """
         ...
 

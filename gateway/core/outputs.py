@@ -12,16 +12,22 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncGenerator
 
-from gateway.core.engine import ACCEPTED, Engine, EngineOutput, SamplingOptions
+from gateway.core.engine import ACCEPTED, Engine, EngineOutput, OutputSink, SamplingOptions
 from gateway.core.generation import GenerationRequest
 
 _END = object()
 
 
-def generation_outputs(engine: Engine, gen: GenerationRequest) -> AsyncGenerator[EngineOutput, None]:
-    """Every output of every engine request of `gen`; the stream ends when all of them have."""
+def generation_outputs(
+    engine: Engine, gen: GenerationRequest, sink: OutputSink | None = None
+) -> AsyncGenerator[EngineOutput, None]:
+    """Every output of every engine request of `gen`; the stream ends when all of them have.
+
+    `sink` goes to the engine (see `Engine.generate`) where the generation is one engine request;
+    the merged stream of several yields every output.
+    """
     if not gen.extra_prompts:  # the engine's own stream: no extra hop per token
-        return engine.generate(gen.request_id, gen.prompt_token_ids, gen.options)
+        return engine.generate(gen.request_id, gen.prompt_token_ids, gen.options, sink)
     return _merged(engine, gen.engine_requests())
 
 

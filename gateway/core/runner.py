@@ -22,7 +22,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
 
 import anyio
 import anyio.abc
@@ -32,8 +31,8 @@ from starlette.types import Message, Send
 from gateway.core.admission import CLAIM_STATE
 from gateway.core.claims import Admission, Claim
 from gateway.core.completion import CompletionCallback, CompletionState, fire_callback
-from gateway.core.direct_send import DirectSend, direct_send
-from gateway.core.engine import ACCEPTED, Engine, EngineDead, EngineOutput
+from gateway.core.direct_send import direct_send
+from gateway.core.engine import ACCEPTED, Engine, EngineDead
 from gateway.core.errors import EngineUnavailable, GatewayError, error_headers
 from gateway.core.generation import GenerationRequest, Outcome
 from gateway.core.metrics import Metrics
@@ -41,26 +40,12 @@ from gateway.core.outputs import generation_outputs
 from gateway.core.principal import ANONYMOUS
 from gateway.core.request_log import mark_logged, request_id_of
 from gateway.core.stream_format import StreamFormat, StreamLimits
+from gateway.core.token_path import Stream, TokenPath
 
 logger = logging.getLogger(__name__)
 
 OnEnd = Callable[[Outcome], Awaitable[None]]
 OnStart = Callable[[], Awaitable[None]]
-
-
-@dataclass(eq=False, slots=True)
-class _Stream:
-    """The connection side of one generation: what was sent and when."""
-
-    send: Send
-    fmt: StreamFormat
-    extra_headers: tuple[tuple[bytes, bytes], ...]
-    direct: DirectSend | None = None  # the body's way past the middlewares (gateway.core.direct_send)
-    write_now: Callable[[bytes], bool] | None = None  # the shortest of them, once the response started
-    started: bool = False
-    send_started_at: float | None = None
-    last_send_at: float = 0.0
-    closed: bool = False  # the client is gone: nothing more can be sent
 
 
 class _ClientGone(Exception):
@@ -94,7 +79,7 @@ class GenerationRunner:
         its slot never runs it.
         """
         outcome = Outcome()
-        stream = _Stream(send, fmt, gen.headers, direct_send(request.scope))
+        stream = Stream(send, fmt, gen.headers, direct_send(request.scope))
         # The admission middleware claimed a place on arrival; without it (a library
         # user's own app) the claim is made here, for one anonymous user.
         claim: Claim | None = request.scope.get("state", {}).pop(CLAIM_STATE, None)
@@ -156,7 +141,7 @@ class GenerationRunner:
         ticket: Claim,
         gen: GenerationRequest,
         outcome: Outcome,
-        stream: _Stream,
+        stream: Stream,
         tg: anyio.abc.TaskGroup,
         on_start: OnStart | None,
     ) -> None:
@@ -190,53 +175,37 @@ class GenerationRunner:
             stream.closed = True
             outcome.client_left()
 
-    async def _pump(self, gen: GenerationRequest, outcome: Outcome, stream: _Stream, lock: asyncio.Lock) -> None:
-        metrics, fmt = self.metrics, stream.fmt
+    async def _pump(self, gen: GenerationRequest, outcome: Outcome, stream: Stream, lock: asyncio.Lock) -> None:
+        fmt = stream.fmt
         outcome.engine_started = True
-        # Several prompts: each reports its own prompt length and cache hits (one prompt: no dict on
-        # the token path).
-        prompt_tokens: dict[int, EngineOutput] | None = {} if gen.extra_prompts else None
+        path = TokenPath(self.metrics, gen, outcome, stream, lock)
+        # Only a connection that can take a chunk at once lets the engine's task write tokens.
+        sink = path.take if stream.direct is not None and stream.direct.write is not None else None
         try:
-            async with aclosing(generation_outputs(self.engine, gen)) as outputs:
+            async with aclosing(generation_outputs(self.engine, gen, sink)) as outputs:
                 async for out in outputs:
+                    path.parked = False
+                    if path.held is not None:  # spelled by the sink, not yet taken by the connection
+                        body, path.held = path.held, None
+                        await self._send_body(stream, lock, body)
+                        path.sent(stream.last_send_at)
                     if out is ACCEPTED:  # the engine took the request: a refusal can no longer come
                         opening = fmt.opening()
                         if opening:
                             await self._send_body(stream, lock, opening)
+                        path.parked = True
                         continue
                     now = time.monotonic()
-                    if out.num_new_tokens:
-                        if outcome.first_token_at is None:
-                            outcome.first_token_at = now
-                            metrics.ttft.observe(now - gen.arrived_at)
-                        elif outcome.last_token_at is not None:
-                            metrics.itl.observe((now - outcome.last_token_at) / out.num_new_tokens, out.num_new_tokens)
-                        outcome.last_token_at = now
-                    if prompt_tokens is None:
-                        outcome.count_prompt(out.num_prompt_tokens, out.num_cached_tokens, out.num_cache_write_tokens)
-                    else:
-                        prompt_tokens[out.prompt_index] = out
-                        outs = prompt_tokens.values()
-                        outcome.count_prompt(
-                            sum(o.num_prompt_tokens for o in outs),
-                            sum(o.num_cached_tokens for o in outs),
-                            sum(o.num_cache_write_tokens for o in outs),
-                        )
-                    outcome.completion_tokens += out.num_new_tokens
-                    if out.finish_reason is not None:
-                        outcome.finish_reason = out.finish_reason
-                    if out.text:
-                        outcome.text_parts.append(out.text)
-                    body = fmt.delta(out)
+                    body = path.spell(out, now)
                     if body:
                         # Most tokens go on the wire at once (gateway.core.direct_send), without a coroutine.
                         write_now = stream.write_now
                         if write_now is not None and not lock.locked() and write_now(body):
-                            stream.last_send_at = now
+                            path.sent(now)
                         else:
                             await self._send_body(stream, lock, body)
-                        outcome.parts_sent = len(outcome.text_parts)
-                        outcome.streamed = True
+                            path.sent(stream.last_send_at)
+                    path.parked = True
             # The stream ended by itself: every engine request of the generation has finished.
             outcome.engine_finished = True
         except EngineDead:
@@ -244,12 +213,14 @@ class GenerationRunner:
             outcome.fail(err)
             await self._send_failure(stream, outcome, err)
             return
+        finally:
+            path.parked = False  # whatever comes now is the pump's to send
         # The response stays open until _finish has run on_end (see there).
         await self._send_body(stream, lock, fmt.done(outcome))
         outcome.parts_sent = len(outcome.text_parts)
         outcome.end(CompletionState.SUCCESS)
 
-    async def _send_body(self, stream: _Stream, lock: asyncio.Lock, body: bytes) -> None:
+    async def _send_body(self, stream: Stream, lock: asyncio.Lock, body: bytes) -> None:
         if lock.locked() or not stream.started:  # a keep-alive ping is on its way, or the start goes first
             async with lock:
                 await self._start(stream)
@@ -260,7 +231,7 @@ class GenerationRunner:
         await self._write(stream, body)
 
     @staticmethod
-    async def _write(stream: _Stream, body: bytes) -> None:
+    async def _write(stream: Stream, body: bytes) -> None:
         write_now = stream.write_now
         if write_now is not None and write_now(body):  # on the wire at once (gateway.core.direct_send)
             stream.last_send_at = time.monotonic()
@@ -275,7 +246,7 @@ class GenerationRunner:
         stream.send_started_at = None
         stream.last_send_at = time.monotonic()
 
-    async def _start(self, stream: _Stream) -> None:
+    async def _start(self, stream: Stream) -> None:
         # The status line waits for the first event, so anything that fails before
         # it (engine dead, a bad prompt) still gets a real status code.
         if stream.started:
@@ -286,7 +257,7 @@ class GenerationRunner:
         if stream.direct is not None:  # every middleware has seen the start: the body goes straight down
             stream.send, stream.write_now = stream.direct.send, stream.direct.write
 
-    async def _send(self, stream: _Stream, message: Message) -> None:
+    async def _send(self, stream: Stream, message: Message) -> None:
         """A one-off send, bounded by `send_timeout`."""
         try:
             with anyio.fail_after(self.limits.send_timeout):
@@ -294,9 +265,7 @@ class GenerationRunner:
         except (TimeoutError, OSError) as exc:
             raise _ClientGone from exc
 
-    async def _keep_alive(
-        self, stream: _Stream, outcome: Outcome, lock: asyncio.Lock, scope: anyio.CancelScope
-    ) -> None:
+    async def _keep_alive(self, stream: Stream, outcome: Outcome, lock: asyncio.Lock, scope: anyio.CancelScope) -> None:
         """Cut a client that stopped reading; send keep-alive comments while the stream is quiet.
 
         Keep-alive comments stop load balancers cutting a stream whose prefill is long.
@@ -323,7 +292,7 @@ class GenerationRunner:
                     return
 
     async def _watch_disconnect(
-        self, request: Request, stream: _Stream, outcome: Outcome, scope: anyio.CancelScope
+        self, request: Request, stream: Stream, outcome: Outcome, scope: anyio.CancelScope
     ) -> None:
         while True:
             message = await request.receive()
@@ -332,12 +301,12 @@ class GenerationRunner:
                 return
 
     @staticmethod
-    def _client_gone(stream: _Stream, outcome: Outcome, scope: anyio.CancelScope) -> None:
+    def _client_gone(stream: Stream, outcome: Outcome, scope: anyio.CancelScope) -> None:
         stream.closed = True
         outcome.client_left()
         scope.cancel()
 
-    async def _send_refusal(self, stream: _Stream, outcome: Outcome, err: GatewayError) -> None:
+    async def _send_refusal(self, stream: Stream, outcome: Outcome, err: GatewayError) -> None:
         outcome.status = err.status
         if stream.started or stream.closed:
             return
@@ -350,7 +319,7 @@ class GenerationRunner:
         except _ClientGone:
             stream.closed = True
 
-    async def _send_failure(self, stream: _Stream, outcome: Outcome, error: BaseException) -> None:
+    async def _send_failure(self, stream: Stream, outcome: Outcome, error: BaseException) -> None:
         """Tell the client the generation failed: an error event mid-stream, else a status."""
         err = error if isinstance(error, GatewayError) else GatewayError("the server failed to generate an answer")
         if not stream.started:
@@ -371,7 +340,7 @@ class GenerationRunner:
         ticket: Claim,
         gen: GenerationRequest,
         outcome: Outcome,
-        stream: _Stream,
+        stream: Stream,
         on_end: OnEnd,
         callback: CompletionCallback | None,
     ) -> None:

@@ -13,7 +13,15 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.core.engine import ACCEPTED, EngineDead, EngineOutput, EngineStats, FinishReason, SamplingOptions
+from gateway.core.engine import (
+    ACCEPTED,
+    EngineDead,
+    EngineOutput,
+    EngineStats,
+    FinishReason,
+    OutputSink,
+    SamplingOptions,
+)
 from gateway.core.errors import BadChatRequest, PromptTooLong
 from prompts import Tokenizer
 
@@ -217,7 +225,11 @@ class VLLMEngine:
         return self._tokenizer
 
     async def generate(
-        self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        options: SamplingOptions,
+        sink: OutputSink | None = None,
     ) -> AsyncGenerator[EngineOutput, None]:
         from vllm.inputs.engine import tokens_input
         from vllm.sampling_params import RequestOutputKind, SamplingParams
@@ -255,45 +267,33 @@ class VLLMEngine:
         started = finished = False
         try:
             queue = await llm.add_request(request_id, prompt, params, **kwargs)
+            if sink is not None:
+                _offer_to(sink, queue)
             yield ACCEPTED
             while not finished:
                 out = queue.get_nowait() or await queue.get()
                 finished = out.finished
                 started = True
-                num_prompt_tokens = len(out.prompt_token_ids or ())
-                num_cached_tokens = out.num_cached_tokens or 0
-                num_cache_write_tokens = out.num_cache_creation_tokens or 0
                 prompt_logprobs = out.prompt_logprobs
                 for completion in out.outputs:
-                    reason = completion.finish_reason
-                    if reason == "error":  # vLLM: a request-level failure inside the engine
+                    if completion.finish_reason == "error":  # vLLM: a request-level failure inside the engine
                         raise RuntimeError(f"the engine failed request {request_id}")
-                    yield EngineOutput(
-                        text=completion.text,
-                        num_new_tokens=len(completion.token_ids),
-                        num_prompt_tokens=num_prompt_tokens,
-                        finish_reason=None if reason is None else _finish_reason(reason),
-                        index=completion.index,
-                        token_ids=completion.token_ids,
-                        logprobs=completion.logprobs,
-                        prompt_logprobs=prompt_logprobs,
-                        stop_reason=completion.stop_reason,
-                        num_cached_tokens=num_cached_tokens,
-                        num_cache_write_tokens=num_cache_write_tokens,
-                    )
+                    yield _engine_output(out, completion, prompt_logprobs)
                     prompt_logprobs = None  # once per request output, with its first answer
         except EngineDeadError as exc:
             raise EngineDead("the vLLM engine has died") from exc
         except Exception as exc:
             # Raised while vLLM checks a request before running it: a 400 with its reason, in
             # vLLM's server's words (clients parse some, "maximum context length"), sanitized.
-            error = None if started else refusal(exc)
+            error = None if started or isinstance(exc, SinkFailed) else refusal(exc)
             if error is None:
                 raise
             logger.debug("vLLM refused request %s: %s", request_id, exc)
             raise error from exc
         finally:
             if queue is not None:
+                if sink is not None:  # its consumer is gone: the collector's own put again
+                    del queue.put
                 # Stopped early (the consumer left, a failure): as generate does, the request is
                 # aborted (by the id vLLM gave it), unless the engine is dead.
                 if not finished and not llm.errored:
@@ -312,6 +312,58 @@ class VLLMEngine:
 
     def stats(self) -> EngineStats | None:
         return self._stats
+
+
+class SinkFailed(RuntimeError):
+    """The sink raised while it took an output (its cause): the stream raises this."""
+
+
+def _engine_output(out: Any, completion: Any, prompt_logprobs: Any) -> EngineOutput:
+    """One answer's part of a vLLM RequestOutput."""
+    reason = completion.finish_reason
+    return EngineOutput(
+        text=completion.text,
+        num_new_tokens=len(completion.token_ids),
+        num_prompt_tokens=len(out.prompt_token_ids or ()),
+        finish_reason=None if reason is None else _finish_reason(reason),
+        index=completion.index,
+        token_ids=completion.token_ids,
+        logprobs=completion.logprobs,
+        prompt_logprobs=prompt_logprobs,
+        stop_reason=completion.stop_reason,
+        num_cached_tokens=out.num_cached_tokens or 0,
+        num_cache_write_tokens=out.num_cache_creation_tokens or 0,
+    )
+
+
+def _offer_to(sink: OutputSink, queue: Any) -> None:
+    """Offer `sink` each output vLLM's output handler puts in `queue` that it may take at once.
+
+    vLLM's output handler puts every request's output into its collector, which wakes the task
+    that waits on it; an output the sink takes never goes there. Offered: one answer's output
+    that is not its last, while the collector holds none (what it holds goes first). The sink
+    runs inside vLLM's output handler, which must never see it raise (that would stop the
+    engine for every request): what it raises goes to the collector, and the stream raises it.
+    """
+    from vllm.outputs import RequestOutput
+
+    put = queue.put
+
+    def offer(output: Any) -> None:
+        if queue.output is None and type(output) is RequestOutput and not output.finished:
+            answers = output.outputs
+            if len(answers) == 1 and answers[0].finish_reason is None:
+                try:
+                    if sink(_engine_output(output, answers[0], output.prompt_logprobs)):
+                        return
+                except Exception as exc:
+                    failure = SinkFailed(f"the stream of request {queue.request_id} failed")
+                    failure.__cause__ = exc
+                    put(failure)
+                    return
+        put(output)
+
+    queue.put = offer
 
 
 def _finish_reason(reason: str) -> FinishReason:

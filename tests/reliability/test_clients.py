@@ -20,7 +20,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 import pytest
 
 from gateway.core.completion import CompletionState
-from gateway.core.engine import EngineOutput, SamplingOptions
+from gateway.core.engine import EngineOutput, OutputSink, SamplingOptions
 from tests.fakes import FakeEngine
 from tests.reliability.conftest import Gateway, make_settings, rounds, running_gateway
 
@@ -231,16 +231,18 @@ class FloodEngine(FakeEngine):
     flood = True
 
     async def generate(
-        self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions
+        self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions, sink: OutputSink | None = None
     ) -> AsyncGenerator[EngineOutput, None]:
         if not self.flood:
-            async for out in super().generate(request_id, prompt_token_ids, options):
+            async for out in super().generate(request_id, prompt_token_ids, options, sink):
                 yield out
             return
         self.running.add(request_id)
         try:
             while True:
-                yield EngineOutput("x" * 65536, 1, len(prompt_token_ids))
+                out = EngineOutput("x" * 65536, 1, len(prompt_token_ids))
+                if not self.took(sink, out):
+                    yield out
                 await asyncio.sleep(0)
         finally:
             self.running.discard(request_id)

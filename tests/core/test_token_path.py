@@ -1,0 +1,213 @@
+"""The engine's sink: tokens written in the engine's task, whole and in order, never past a failure."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import httpx
+import pytest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import gateway.http.direct_send as direct_send_module
+from gateway import Settings, create_app
+from gateway.core.completion import CompletionState
+from gateway.core.engine import ACCEPTED, EngineOutput, SamplingOptions
+from gateway.core.token_path import TokenPath
+from gateway.core.vllm_engine import SinkFailed, VLLMEngine
+from tests.fakes import FakeEngine
+from tests.live import serve
+from tests.reliability.conftest import make_settings, running_gateway
+from tests.sse_client import parse_sse
+
+OPENAI = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+def openai_text(body: str) -> str:
+    events = [line.removeprefix("data: ") for line in body.split("\n\n") if line]
+    assert events[-1] == "[DONE]"
+    return "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-1] if "choices" in e)
+
+
+def chat_stream_text(body: str) -> str:
+    events = parse_sse(body)
+    assert events[-1][0] == "done"
+    return "".join(str(data["text"]) for kind, data in events if kind == "delta" and isinstance(data, dict))
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "text_of"),
+    [
+        pytest.param("/chat_stream", {"user_input": "hi"}, chat_stream_text, id="chat_stream"),
+        pytest.param("/v1/chat/completions", OPENAI, openai_text, id="openai"),
+    ],
+)
+async def test_under_uvicorn_the_engine_writes_the_tokens_itself_and_the_client_gets_them_whole_in_order(
+    fake_engine: FakeEngine, path: str, body: dict[str, object], text_of: Callable[[str], str]
+) -> None:
+    app = create_app(Settings(secure_cookies=False), engine=fake_engine)
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        response = await client.post(path, json=body)
+    assert response.status_code == 200
+    assert text_of(response.text) == fake_engine.answer
+    # Every token but the one that opens the response and the last went through the sink.
+    assert fake_engine.taken == len(fake_engine.answer) - 2
+
+
+class Recorder:
+    """The server's `send` and its direct writer both record what they are given, in one list.
+
+    (What the writer takes goes no further: the body to read is the list's, not the client's.)
+
+    `refuse` names the writes (counted from 1) that say the connection cannot take the chunk now.
+    """
+
+    def __init__(self, app: ASGIApp, refuse: set[int]) -> None:
+        self.app, self.refuse = app, refuse
+        self.calls: list[tuple[str, bytes]] = []
+        self.writes = 0
+
+    def writer(self, send: Send) -> Callable[[bytes], bool]:
+        def write(body: bytes) -> bool:
+            self.writes += 1
+            if self.writes in self.refuse:
+                return False
+            self.calls.append(("write", body))
+            return True
+
+        return write
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def recording(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                self.calls.append(("send", message.get("body", b"")))
+            await send(message)
+
+        await self.app(scope, receive, recording)
+
+
+async def test_a_token_the_connection_cannot_take_at_once_goes_out_before_the_next_one(
+    fake_engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sink's 5th write finds the connection paused (and so does the pump's first retry): that
+    # token waits for the pump, which sends it through the server's `send` before anything after it.
+    app = create_app(Settings(secure_cookies=False), engine=fake_engine)
+    recorder = Recorder(app, refuse={5, 6})
+    monkeypatch.setattr(direct_send_module, "chunk_writer", recorder.writer)
+    transport = httpx.ASGITransport(app=recorder)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        response = await client.post("/v1/chat/completions", json=OPENAI)
+    assert response.status_code == 200
+    # What the two ways carried, in the order they carried it, is the whole answer in order.
+    assert openai_text(b"".join(body for _, body in recorder.calls).decode()) == fake_engine.answer
+    ways = [way for way, body in recorder.calls if body]
+    assert ways[:4] == ["write"] * 4 and ways[4] == "send" and ways[5] == "write"  # then the sink again
+    # The sink declined the token after the held one (the pump had to send that first), then took the rest.
+    assert fake_engine.taken == len(fake_engine.answer) - 3
+
+
+async def test_a_sink_that_fails_ends_the_stream_with_an_error_event_and_frees_the_slot(
+    fake_engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    take = TokenPath.take
+    calls = 0
+
+    def failing_take(self: TokenPath, out: EngineOutput) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise RuntimeError("a bug in the token path")
+        return take(self, out)
+
+    monkeypatch.setattr(TokenPath, "take", failing_take)
+    async with running_gateway(fake_engine, make_settings()) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+        response = await client.post("/chat_stream", json={"user_input": "hi"}, headers={"x-test-id": "sink"})
+        events = parse_sse(response.text)
+        assert [kind for kind, _ in events][-1] == "error"
+        assert "a bug in the token path" not in response.text and "Traceback" not in response.text
+        assert await gw.callbacks.wait_for("sink") == CompletionState.UNKNOWN_ERROR_OCCURRED
+        await gw.wait_idle(fake_engine.num_unfinished)
+        assert gw.chat.admission.load().running == 0
+
+
+@pytest.mark.engine
+async def test_the_real_engine_offers_its_tokens_to_a_sink_and_they_are_the_tokens_it_streams(
+    real_engine: VLLMEngine,
+) -> None:
+    options = SamplingOptions(max_tokens=12, temperature=0.0, ignore_eos=True)
+    prompt = real_engine.tokenizer.encode("the same request twice")
+
+    streamed = [out async for out in real_engine.generate("plain", prompt, options) if out is not ACCEPTED]
+
+    taken: list[EngineOutput] = []
+
+    def sink(out: EngineOutput) -> bool:
+        taken.append(out)
+        return True
+
+    offered = [out async for out in real_engine.generate("sunk", prompt, options, sink)]
+    assert offered[0] is ACCEPTED
+    yielded = offered[1:]
+    # The sink took every output but the last, which the stream yields with its finish reason.
+    assert taken and [out.finish_reason for out in taken] == [None] * len(taken)
+    assert len(yielded) == 1 and yielded[0].finish_reason == "length"
+    ids = [i for out in streamed for i in out.token_ids]
+    assert [i for out in taken + yielded for i in out.token_ids] == ids
+    assert "".join(out.text for out in taken + yielded) == "".join(out.text for out in streamed)
+    assert real_engine.num_unfinished() == 0
+
+
+@pytest.mark.engine
+async def test_a_sink_that_raises_inside_vllms_output_handler_fails_its_stream_and_the_engine_serves_on(
+    real_engine: VLLMEngine,
+) -> None:
+    options = SamplingOptions(max_tokens=64, temperature=0.0, ignore_eos=True)
+    prompt = real_engine.tokenizer.encode("a failing consumer")
+    calls = 0
+
+    def sink(out: EngineOutput) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise ValueError("a bug in the consumer")
+        return True
+
+    outputs = real_engine.generate("failing", prompt, options, sink)
+    # Not a refusal (a 400) although no output was yielded: the stream raises what the sink raised.
+    with pytest.raises(SinkFailed) as raised:
+        async for _ in outputs:
+            pass
+    assert isinstance(raised.value.__cause__, ValueError)
+    assert real_engine.is_healthy() and real_engine.num_unfinished() == 0
+    served = [out async for out in real_engine.generate("after", prompt, options) if out is not ACCEPTED]
+    assert sum(out.num_new_tokens for out in served) == 64
+
+
+@pytest.mark.engine
+async def test_a_stream_through_the_real_engines_sink_reaches_the_client_whole(
+    real_engine: VLLMEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    take = TokenPath.take
+    taken = 0
+
+    def counting_take(self: TokenPath, out: EngineOutput) -> bool:
+        nonlocal taken
+        took = take(self, out)
+        taken += took
+        return took
+
+    monkeypatch.setattr(TokenPath, "take", counting_take)
+    settings = make_settings(max_new_tokens=24, ignore_eos=True)
+    async with (
+        running_gateway(real_engine, settings, engine_started=True) as gw,
+        httpx.AsyncClient(base_url=gw.url) as client,
+    ):
+        response = await client.post("/chat_stream", json={"user_input": "hi"}, headers={"x-test-id": "real"})
+        assert parse_sse(response.text)[-1][0] == "done"
+        assert await gw.callbacks.wait_for("real") == CompletionState.SUCCESS
+        messages = (await client.get("/get_prompt")).json()["messages"]
+    assert taken > 0  # vLLM's output handler wrote tokens of this stream itself
+    assert messages[-1]["content"] == chat_stream_text(response.text)
