@@ -48,6 +48,10 @@ class Plan:
     # scenario 7: the front end beside vLLM's server (streaming with include_usage)
     frontend_levels: tuple[int, ...] = (1, 16, 64, 256, 512)
     frontend_tokens: int = 128
+    # Requests per stream at each level (at least `frontend_min_requests`): with two, the levels
+    # from 16 up were mostly ramp-up and tail, and moved 10 to 20% between runs of the same code.
+    frontend_rounds: int = 4
+    frontend_min_requests: int = 32
     # scenario 8: ten light users beside one flooder (16x the slots in flight, long answers),
     # and beside a crowd of ten more light users; `fair_seconds` measured after `fair_warmup`
     fair_slots: int = 4
@@ -117,6 +121,8 @@ def quick_plan(model: str, out: Path, scenarios: tuple[int, ...] = SCENARIOS) ->
         memory_users=16,
         frontend_levels=(1, 4),
         frontend_tokens=16,
+        frontend_rounds=2,
+        frontend_min_requests=4,
         fair_slots=2,
         fair_queue=16,
         fair_light_users=4,

@@ -71,7 +71,7 @@ async def _levels(ctx: Context, server: peers.Server, target: Target) -> dict[st
     await ctx.warm_up(target, ctx.plan.frontend_tokens)
     levels: dict[str, Figures] = {}
     for c in ctx.plan.frontend_levels:
-        n = max(ctx.plan.min_requests, 2 * c)
+        n = max(ctx.plan.frontend_min_requests, ctx.plan.frontend_rounds * c)
         before = frontend_cpu_seconds(server.pid)
         s = await ctx.run_fixed(target, c, n, ctx.plan.frontend_tokens, target.name)
         cpu = frontend_cpu_seconds(server.pid) - before
