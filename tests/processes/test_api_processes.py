@@ -7,7 +7,9 @@ processes are held, refused, displaced, abandoned and timed out exactly as one
 process would; /metrics and /get_load of any process report the gateway's
 figures (the inter-token gaps and the engine's figures included); each
 completion state reaches the log line of the process that served the request;
-SIGTERM drains both processes and stops every child.
+a conversation kept in the database (`--conversation-db`) continues in either
+process and is locked across both; SIGTERM drains both processes and stops
+every child.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import pytest
 
 from tests.gateway_app import metric
 from tests.servers import Gateway, RedisServer
-from tests.sse_client import eventually
+from tests.sse_client import eventually, parse_sse
 
 pytestmark = pytest.mark.engine
 
@@ -60,6 +62,7 @@ def gateway(
     flags = ["--api-processes", "2", "--served-model-name", "tiny", "--keys-file", str(keys)]
     flags += ["--session-store", redis_server.url, "--session-secret", SECRET, "--ignore-eos"]
     flags += ["--enable-prompt-tokens-details"]  # usage counts the prompt tokens the prefix cache served
+    flags += ["--conversation-db", f"sqlite:///{directory / 'conversations.db'}"]
     flags += ["--concurrency", "2", "--queue-size", "2", "--queue-timeout", str(QUEUE_TIMEOUT)]
     server = Gateway(directory, tiny_model_dir, *flags)
     server.start()
@@ -308,6 +311,58 @@ async def test_any_front_end_shows_the_gateways_inter_token_gaps_and_the_engines
     }
     shown = await figures_of_both(gateway, lambda figures: all(f == expected for f in figures.values()))
     assert list(shown.values()) == [expected, expected], shown
+
+
+async def chat_turn(client: httpx.AsyncClient, request_id: str, text: str, cid: str | None) -> httpx.Response:
+    """A /chat_stream turn of the light user's conversation in the database (a new one without `cid`)."""
+    headers = {"authorization": "Bearer sk-light", "x-request-id": request_id}
+    if cid is not None:
+        headers["x-conversation-id"] = cid
+    return await client.post("/chat_stream", json={"user_input": text}, headers=headers)
+
+
+def answer_of(response: httpx.Response) -> str:
+    events = parse_sse(response.text)
+    assert events[-1][0] == "done", response.text
+    return "".join(str(data["text"]) for kind, data in events if kind == "delta" and isinstance(data, dict))
+
+
+async def test_a_conversation_in_the_database_continues_in_either_process_and_is_locked_across_both(
+    gateway: Gateway,
+) -> None:
+    # --conversation-db: both processes open one SQLite file. Each turn comes on a connection of
+    # its own, and every connection stays open, so the next one goes to the process with fewer.
+    turns: list[tuple[str, str]] = []
+    async with asyncio.timeout(120), contextlib.AsyncExitStack() as connections:
+        cid = None
+        for i in range(4):
+            client = await connections.enter_async_context(httpx.AsyncClient(base_url=gateway.url, timeout=60))
+            response = await chat_turn(client, f"db-{i}", f"turn {i}", cid)
+            assert response.status_code == 200, response.text
+            cid = response.headers["x-conversation-id"]
+            turns.append((f"turn {i}", answer_of(response)))
+    await eventually(lambda: {f"db-{i}" for i in range(4)} <= served(gateway).keys())
+    lines = served(gateway)
+    assert len({lines[f"db-{i}"][0] for i in range(4)}) == 2, lines  # both processes served turns of it
+
+    # A turn while another runs is a 409 in the other process: the lock is the database's.
+    async with asyncio.timeout(120), httpx.AsyncClient(base_url=gateway.url, timeout=60) as first:
+        with engine_paused(gateway):
+            running = asyncio.create_task(chat_turn(first, "db-held", "held", cid))
+            await until_load(gateway, (1, 0))
+            async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as second:
+                busy = await chat_turn(second, "db-busy", "too soon", cid)
+            assert busy.status_code == 409 and busy.json()["error"]["type"] == "session_busy"
+        held = await running
+        assert held.status_code == 200
+        turns.append(("held", answer_of(held)))
+        stored = (await first.get(f"/conversations/{cid}", headers={"authorization": "Bearer sk-light"})).json()
+    expected = [
+        m
+        for user, answer in turns
+        for m in ({"role": "user", "content": user}, {"role": "assistant", "content": answer})
+    ]
+    assert stored["messages"] == expected
 
 
 async def test_sigterm_drains_both_processes_and_stops_every_child(gateway: Gateway) -> None:
