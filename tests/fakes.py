@@ -35,6 +35,7 @@ class FakeEngine:
         self.token_delay = 0.0
         self.gate: asyncio.Event | None = None  # when set to an unset Event, generations wait on it
         self.gate_after = 0  # ... after sending this many tokens (1: the stream has begun, its cookie is out)
+        self.at_gate = 0  # generations that have reached the gate
         self.fail_after_tokens: int | None = None  # raise after this many tokens
         self.refusal: GatewayError | None = None  # raised before the request is accepted (vLLM's add_request)
         self.accept_gate: asyncio.Event | None = None  # when an unset Event, requests wait on it to be accepted
@@ -90,6 +91,7 @@ class FakeEngine:
                 await self.gate.wait()
             for i, ch in enumerate(text):
                 if self.gate is not None and i == self.gate_after:
+                    self.at_gate += 1
                     await self.gate.wait()
                 if self.fail_after_tokens is not None and i >= self.fail_after_tokens:
                     raise RuntimeError("fake engine failure")

@@ -7,7 +7,7 @@ metrics and log line. The response is stored at once as `queued`; the client
 polls `GET /v1/responses/{id}` and finds it `in_progress` once the run has
 its slot and the engine has it (until then, waiting in the queue, it stays
 `queued`), and then as it ended: `completed`, `incomplete`, `failed` or
-`cancelled`.
+`cancelled` (an answer too large for the store's record is `failed`, saying so).
 
 While it runs, the replica renews a lease in the record (`alive_until`, every
 `poll` seconds, `lease` seconds ahead). A replica that died mid-run renews
@@ -44,7 +44,7 @@ from gateway.core import Core, GenerationRequest, Outcome
 from gateway.core.admission import CLAIM_STATE
 from gateway.core.completion import CompletionCallback, CompletionState
 from gateway.core.direct_send import DIRECT_SEND_STATE
-from gateway.core.errors import BadChatRequest, GatewayError
+from gateway.core.errors import BadChatRequest, GatewayError, SessionTooLarge
 from gateway.core.stream_format import StreamFormat
 from gateway.openai.event_log import EventLog
 from gateway.openai.response_store import ResponseStore
@@ -242,7 +242,14 @@ class BackgroundRuns:
                 else:
                     ended = _failed(queued, _error(outcome))
                 ended = {**ended, "background": True, "completed_at": int(time.time())}
-                await self.store.update_response(response_id, {"response": ended})
+                try:
+                    await self.store.update_response(response_id, {"response": ended})
+                except SessionTooLarge as err:
+                    # An answer its record cannot hold: stored as failed now, saying why, rather
+                    # than left in progress until the lease lapses and reads as a dead server.
+                    error = {"code": "server_error", "message": f"the response is too large to store: {err.message}"}
+                    ended = _failed({**queued, "background": True, "completed_at": ended["completed_at"]}, error)
+                    await self.store.update_response(response_id, {"response": ended})
                 return ended
         except GatewayError as err:  # deleted while it ran, or the store is away: nothing to record into
             logger.warning("a background response's ending was not stored: %s", err.message)

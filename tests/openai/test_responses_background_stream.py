@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -274,3 +276,72 @@ async def test_the_official_sdk_streams_a_background_response_and_resumes_it(
     assert [e.sequence_number for e in everything] == list(range(len(everything)))
     for event in everything:
         validate("ResponseStreamEvent", json.loads(event.model_dump_json(exclude_unset=True)))
+
+
+async def test_a_reader_that_stops_reading_is_cut_after_the_send_timeout_and_the_run_goes_on(
+    fake_engine: FakeEngine, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("key-alice alice\n")
+    # Tokens of 16 KiB (the fake yields each item of its answer as one token): 5 MiB of events wait
+    # in the log when the reader comes, more than the kernel buffers (4 MiB at most here) and
+    # the server's own take from a client whose receive buffer is 4 KiB and that never reads.
+    fake_engine.answer = ["x" * 16384] * 330  # type: ignore[assignment]
+    fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 320
+    body = {**BODY, "max_output_tokens": 400}
+    async with (
+        # A record that holds the 5 MiB answer; a keep-alive comment every second, which is the
+        # send that finds the connection full (the events before it went into buffers at once).
+        running_gateway(
+            fake_engine, keys_file=keys, send_timeout=1.0, ping_interval=1.0, max_session_bytes=16 * 2**20
+        ) as gw,
+        httpx.AsyncClient(base_url=gw.url, headers={"Authorization": "Bearer key-alice"}, timeout=30) as alice,
+    ):
+        async with (
+            asyncio.timeout(30),
+            alice.stream("POST", "/v1/responses", json=body) as r,
+            aclosing(iter_events(r)) as events,
+        ):
+            response_id = (await anext(events)).data["response"]["id"]
+        await until(lambda: fake_engine.at_gate == 1)  # 320 tokens' events in the log, the run held
+
+        host, port = gw.url.removeprefix("http://").split(":")
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(stalled, (host, int(port)))
+            request = (
+                f"GET /v1/responses/{response_id}?stream=true HTTP/1.1\r\nHost: {host}\r\n"
+                "Authorization: Bearer key-alice\r\nX-Test-Id: stalled\r\n\r\n"
+            )
+            await asyncio.get_running_loop().sock_sendall(stalled, request.encode())
+            # Never read: the stream is cut once a send has waited `send_timeout` for the client.
+            await gw.handled.wait_handled("stalled", timeout=20)
+        finally:
+            stalled.close()
+        assert fake_engine.running and not fake_engine.aborted  # the run was left alone
+        fake_engine.gate.set()
+        stored = await poll(alice, response_id, ("completed",))
+        assert text_of(stored) == "".join(fake_engine.answer)
+        assert await gw.wait_states(1) == [CompletionState.SUCCESS]
+
+
+async def test_a_background_answer_too_large_to_store_is_stored_failed_at_once_saying_so(
+    fake_engine: FakeEngine, tmp_path: Path
+) -> None:
+    # Regression: its record could not be written, so it stayed in progress until its lease lapsed,
+    # and then read as failed because "the server running this response stopped".
+    keys = tmp_path / "keys"
+    keys.write_text("key-alice alice\n")
+    fake_engine.answer = "x" * 3000
+    async with (
+        running_gateway(fake_engine, keys_file=keys, max_session_bytes=4096) as gw,
+        httpx.AsyncClient(base_url=gw.url, headers={"Authorization": "Bearer key-alice"}, timeout=30) as alice,
+    ):
+        r = await alice.post("/v1/responses", json={**BODY, "max_output_tokens": 3000})
+        events = validate_responses_sse(r.text)
+        assert events[-1]["type"] == "response.failed"
+        failed = events[-1]["response"]
+        assert failed["status"] == "failed" and "too large to store" in failed["error"]["message"]
+        assert (await alice.get(f"/v1/responses/{failed['id']}")).json() == failed  # stored so, now
