@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.core import Core, GenerationRequest, Outcome
 from gateway.core.completion import CompletionState
-from gateway.core.errors import BadChatRequest, GatewayError
+from gateway.core.errors import BadChatRequest, GatewayError, SessionTooLarge
 from gateway.http.auth import PRINCIPAL_STATE
 from gateway.http.limits import read_body
 from gateway.openai.background import BackgroundRuns
@@ -132,7 +132,10 @@ class ResponsesRoutes:
             elif outcome.state is not CompletionState.SUCCESS or final is None:
                 return  # a failed or abandoned answer continues nothing
             elif req.store:
-                await self.store.save_response(final, owner, new_items, req.previous_response_id)
+                try:
+                    await self.store.save_response(final, owner, new_items, req.previous_response_id)
+                except SessionTooLarge as err:  # the client has its answer; only the record is missing
+                    logger.warning("response %s was answered but not stored: %s", final["id"], err.message)
             if conversation is not None:
                 await self.store.append(conversation, owner, [*new_items, *final["output"]])
 

@@ -345,3 +345,24 @@ async def test_an_engine_failure_mid_stream_ends_it_with_response_failed_and_sto
     assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
     assert await keyed_gateway.wait_states(1) == [CompletionState.UNKNOWN_ERROR_OCCURRED]
     error_of(await alice.get(f"/v1/responses/{failed['id']}"), 404)
+
+
+async def test_an_answer_too_large_to_store_is_answered_and_the_log_says_it_was_not_stored(
+    fake_engine: FakeEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_engine.answer = "x" * 3000
+    async with (
+        running_gateway(fake_engine, max_session_bytes=4096) as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=30) as client,
+    ):
+        r = await client.post("/v1/responses", json={"model": "fake-model", "input": "hi", "max_output_tokens": 3500})
+        assert r.status_code == 200
+        answered = r.json()
+        validate("Response", answered)
+        assert answered["status"] == "completed" and answered["output"][0]["content"][0]["text"] == fake_engine.answer
+        assert await gw.wait_states(1) == [CompletionState.SUCCESS]
+        assert (await client.get(f"/v1/responses/{answered['id']}")).status_code == 404
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [message for message in warnings if "not stored" in message]
+    assert warnings and answered["id"] in warnings[0]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # a known limit, not a fault

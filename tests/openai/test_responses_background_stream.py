@@ -339,7 +339,7 @@ async def test_a_background_answer_too_large_to_store_is_stored_failed_at_once_s
         running_gateway(fake_engine, keys_file=keys, max_session_bytes=4096) as gw,
         httpx.AsyncClient(base_url=gw.url, headers={"Authorization": "Bearer key-alice"}, timeout=30) as alice,
     ):
-        r = await alice.post("/v1/responses", json={**BODY, "max_output_tokens": 3000})
+        r = await alice.post("/v1/responses", json={**BODY, "max_output_tokens": 3500})
         events = validate_responses_sse(r.text)
         assert events[-1]["type"] == "response.failed"
         failed = events[-1]["response"]
