@@ -138,7 +138,7 @@ class Engine(Protocol):
         With `sink`, the engine may offer it an output instead of yielding it, never an answer's
         last one, and only while no earlier output waits to be yielded (the order stays whole);
         what the sink declines is yielded as usual. If the sink raises, the stream raises that.
-        An engine may ignore `sink`.
+        An engine may ignore `sink`, or not have the parameter at all (it is then not given one).
         """
         ...
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 from collections.abc import AsyncGenerator
 
 from gateway.core.engine import ACCEPTED, Engine, EngineOutput, OutputSink, SamplingOptions
@@ -27,8 +28,26 @@ def generation_outputs(
     the merged stream of several yields every output.
     """
     if not gen.extra_prompts:  # the engine's own stream: no extra hop per token
-        return engine.generate(gen.request_id, gen.prompt_token_ids, gen.options, sink)
+        if sink is not None and takes_sink(engine):
+            return engine.generate(gen.request_id, gen.prompt_token_ids, gen.options, sink=sink)
+        return engine.generate(gen.request_id, gen.prompt_token_ids, gen.options)
     return _merged(engine, gen.engine_requests())
+
+
+_TAKES_SINK: dict[type, bool] = {}
+
+
+def takes_sink(engine: Engine) -> bool:
+    """Whether `engine.generate` has the `sink` parameter: an engine written before it is called without."""
+    kind = type(engine)
+    known = _TAKES_SINK.get(kind)
+    if known is None:
+        try:
+            known = "sink" in inspect.signature(engine.generate).parameters
+        except (TypeError, ValueError):  # no signature to read: the protocol as it was
+            known = False
+        _TAKES_SINK[kind] = known
+    return known
 
 
 async def _merged(

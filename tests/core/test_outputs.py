@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 import pytest
 
 from gateway.core import GenerationRequest, SamplingOptions
-from gateway.core.outputs import generation_outputs
+from gateway.core.engine import ACCEPTED, EngineOutput
+from gateway.core.outputs import generation_outputs, takes_sink
 from tests.fakes import FakeEngine
 
 OPTIONS = SamplingOptions(max_tokens=5)
@@ -55,3 +57,20 @@ async def test_leaving_early_closes_every_prompts_stream() -> None:
         async for _ in outputs:
             break
     assert not engine.running
+
+
+async def test_an_engine_without_the_sink_parameter_is_served_as_before() -> None:
+    # A library user's engine written against the protocol before `sink` (three parameters).
+    class OldEngine(FakeEngine):
+        async def generate(  # type: ignore[override]
+            self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions
+        ) -> AsyncGenerator[EngineOutput, None]:
+            async for out in super().generate(request_id, prompt_token_ids, options):
+                yield out
+
+    old, new = OldEngine(), FakeEngine()
+    await old.start()
+    assert not takes_sink(old) and takes_sink(new)
+    gen = GenerationRequest("cmpl-1", "v1/completions", [0], SamplingOptions(max_tokens=8))
+    outputs = [out async for out in generation_outputs(old, gen, lambda out: True) if out is not ACCEPTED]
+    assert "".join(out.text for out in outputs) == old.answer[:8]
