@@ -17,7 +17,6 @@ Cancellation flows:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,30 +25,26 @@ from contextlib import aclosing
 import anyio
 import anyio.abc
 from starlette.requests import Request
-from starlette.types import Message, Send
+from starlette.types import Send
 
 from gateway.core.admission import CLAIM_STATE
 from gateway.core.claims import Admission, Claim
 from gateway.core.completion import CompletionCallback, CompletionState, fire_callback
 from gateway.core.direct_send import direct_send
 from gateway.core.engine import ACCEPTED, Engine, EngineDead
-from gateway.core.errors import EngineUnavailable, GatewayError, error_headers
+from gateway.core.errors import EngineUnavailable, GatewayError
 from gateway.core.generation import GenerationRequest, Outcome
 from gateway.core.metrics import Metrics
 from gateway.core.outputs import generation_outputs
 from gateway.core.principal import ANONYMOUS
 from gateway.core.request_log import mark_logged, request_id_of
+from gateway.core.stream import ClientGone, Stream, TokenPath
 from gateway.core.stream_format import StreamFormat, StreamLimits
-from gateway.core.token_path import Stream, TokenPath
 
 logger = logging.getLogger(__name__)
 
 OnEnd = Callable[[Outcome], Awaitable[None]]
 OnStart = Callable[[], Awaitable[None]]
-
-
-class _ClientGone(Exception):
-    """The client stopped taking data (disconnected or too slow)."""
 
 
 class GenerationRunner:
@@ -79,7 +74,7 @@ class GenerationRunner:
         its slot never runs it.
         """
         outcome = Outcome()
-        stream = Stream(send, fmt, gen.headers, direct_send(request.scope))
+        stream = Stream(send, fmt, gen.headers, self.limits.send_timeout, direct_send(request.scope))
         # The admission middleware claimed a place on arrival; without it (a library
         # user's own app) the claim is made here, for one anonymous user.
         claim: Claim | None = request.scope.get("state", {}).pop(CLAIM_STATE, None)
@@ -87,12 +82,12 @@ class GenerationRunner:
         try:
             ticket = await self._admit(claim, gen)
         except GatewayError as refusal:
-            outcome.status = refusal.status
+            outcome.status = refusal.status  # known to on_end, which runs before the refusal is sent
             self.metrics.count_refusal(gen.route, refusal, user_class)
             try:
                 await on_end(outcome)
             finally:
-                await self._send_refusal(stream, outcome, refusal)
+                await stream.refuse(outcome, refusal)
                 self._log(request, gen, outcome)
             return
 
@@ -116,7 +111,7 @@ class GenerationRunner:
                 logger.info("request %s refused by the engine: %s", gen.request_id, error)
             else:
                 logger.exception("request %s failed", gen.request_id)
-            await self._send_failure(stream, outcome, error)
+            await stream.fail(outcome, error)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._finish(request, ticket, gen, outcome, stream, on_end, callback)
@@ -151,7 +146,7 @@ class GenerationRunner:
         except GatewayError as err:  # queue timeout, or displaced by a lighter user
             self.metrics.class_rejections.labels(user_class, err.type).inc()
             outcome.fail(err)
-            await self._send_refusal(stream, outcome, err)
+            await stream.refuse(outcome, err)
             return
         outcome.admitted_at = time.monotonic()
         self.metrics.queue_time.observe(ticket.queue_seconds)
@@ -159,26 +154,23 @@ class GenerationRunner:
         if not self.engine.is_healthy():
             gone = EngineUnavailable("the engine is not available", retry_after=5)
             outcome.fail(gone)
-            await self._send_refusal(stream, outcome, gone)
+            await stream.refuse(outcome, gone)
             return
         if on_start is not None:
             with anyio.CancelScope(shield=True):  # a store write under a lock: never cut halfway
                 await on_start()
 
-        # asyncio's Lock costs nothing uncontended; anyio's yields to the loop on
-        # every acquire, which is a task switch per token.
-        lock = asyncio.Lock()
-        tg.start_soon(self._keep_alive, stream, outcome, lock, tg.cancel_scope)
+        tg.start_soon(self._keep_alive, stream, outcome, tg.cancel_scope)
         try:
-            await self._pump(gen, outcome, stream, lock)
-        except _ClientGone:
+            await self._pump(gen, outcome, stream)
+        except ClientGone:
             stream.closed = True
             outcome.client_left()
 
-    async def _pump(self, gen: GenerationRequest, outcome: Outcome, stream: Stream, lock: asyncio.Lock) -> None:
+    async def _pump(self, gen: GenerationRequest, outcome: Outcome, stream: Stream) -> None:
         fmt = stream.fmt
         outcome.engine_started = True
-        path = TokenPath(self.metrics, gen, outcome, stream, lock)
+        path = TokenPath(self.metrics, gen, outcome, stream)
         # Only a connection that can take a chunk at once lets the engine's task write tokens.
         sink = path.take if stream.direct is not None and stream.direct.write is not None else None
         try:
@@ -187,12 +179,12 @@ class GenerationRunner:
                     path.parked = False
                     if path.held is not None:  # spelled by the sink, not yet taken by the connection
                         body, path.held = path.held, None
-                        await self._send_body(stream, lock, body)
+                        await stream.body(body)
                         path.sent(stream.last_send_at)
                     if out is ACCEPTED:  # the engine took the request: a refusal can no longer come
                         opening = fmt.opening()
                         if opening:
-                            await self._send_body(stream, lock, opening)
+                            await stream.body(opening)
                         path.parked = True
                         continue
                     now = time.monotonic()
@@ -200,10 +192,10 @@ class GenerationRunner:
                     if body:
                         # Most tokens go on the wire at once (gateway.core.direct_send), without a coroutine.
                         write_now = stream.write_now
-                        if write_now is not None and not lock.locked() and write_now(body):
+                        if write_now is not None and not stream.lock.locked() and write_now(body):
                             path.sent(now)
                         else:
-                            await self._send_body(stream, lock, body)
+                            await stream.body(body)
                             path.sent(stream.last_send_at)
                     path.parked = True
             # The stream ended by itself: every engine request of the generation has finished.
@@ -211,61 +203,16 @@ class GenerationRunner:
         except EngineDead:
             err = EngineUnavailable("the engine stopped while generating this answer", retry_after=5)
             outcome.fail(err)
-            await self._send_failure(stream, outcome, err)
+            await stream.fail(outcome, err)
             return
         finally:
             path.parked = False  # whatever comes now is the pump's to send
         # The response stays open until _finish has run on_end (see there).
-        await self._send_body(stream, lock, fmt.done(outcome))
+        await stream.body(fmt.done(outcome))
         outcome.parts_sent = len(outcome.text_parts)
         outcome.end(CompletionState.SUCCESS)
 
-    async def _send_body(self, stream: Stream, lock: asyncio.Lock, body: bytes) -> None:
-        if lock.locked() or not stream.started:  # a keep-alive ping is on its way, or the start goes first
-            async with lock:
-                await self._start(stream)
-                await self._write(stream, body)
-            return
-        # Without the lock (once per token it is a third of the send's own cost): while
-        # `send_started_at` is set, the keep-alive task starts no ping.
-        await self._write(stream, body)
-
-    @staticmethod
-    async def _write(stream: Stream, body: bytes) -> None:
-        write_now = stream.write_now
-        if write_now is not None and write_now(body):  # on the wire at once (gateway.core.direct_send)
-            stream.last_send_at = time.monotonic()
-            return
-        # No timeout scope per token (it would cost more than the send): the
-        # keep-alive task watches `send_started_at` and cuts a stalled client.
-        stream.send_started_at = time.monotonic()
-        try:
-            await stream.send({"type": "http.response.body", "body": body, "more_body": True})
-        except OSError as exc:
-            raise _ClientGone from exc
-        stream.send_started_at = None
-        stream.last_send_at = time.monotonic()
-
-    async def _start(self, stream: Stream) -> None:
-        # The status line waits for the first event, so anything that fails before
-        # it (engine dead, a bad prompt) still gets a real status code.
-        if stream.started:
-            return
-        stream.started = True
-        headers = [*stream.fmt.headers, *stream.extra_headers]
-        await self._send(stream, {"type": "http.response.start", "status": 200, "headers": headers})
-        if stream.direct is not None:  # every middleware has seen the start: the body goes straight down
-            stream.send, stream.write_now = stream.direct.send, stream.direct.write
-
-    async def _send(self, stream: Stream, message: Message) -> None:
-        """A one-off send, bounded by `send_timeout`."""
-        try:
-            with anyio.fail_after(self.limits.send_timeout):
-                await stream.send(message)
-        except (TimeoutError, OSError) as exc:
-            raise _ClientGone from exc
-
-    async def _keep_alive(self, stream: Stream, outcome: Outcome, lock: asyncio.Lock, scope: anyio.CancelScope) -> None:
+    async def _keep_alive(self, stream: Stream, outcome: Outcome, scope: anyio.CancelScope) -> None:
         """Cut a client that stopped reading; send keep-alive comments while the stream is quiet.
 
         Keep-alive comments stop load balancers cutting a stream whose prefill is long.
@@ -279,15 +226,11 @@ class GenerationRunner:
             if stream.send_started_at is not None and now - stream.send_started_at > limits.send_timeout:
                 self._client_gone(stream, outcome, scope)
                 return
-            quiet = stream.send_started_at is None and not lock.locked()
+            quiet = stream.send_started_at is None and not stream.lock.locked()
             if stream.fmt.streaming and quiet and now - stream.last_send_at >= limits.ping_interval:
                 try:
-                    async with lock:
-                        await self._start(stream)
-                        message = {"type": "http.response.body", "body": stream.fmt.ping, "more_body": True}
-                        await self._send(stream, message)
-                        stream.last_send_at = time.monotonic()
-                except _ClientGone:
+                    await stream.ping()
+                except ClientGone:
                     self._client_gone(stream, outcome, scope)
                     return
 
@@ -305,34 +248,6 @@ class GenerationRunner:
         stream.closed = True
         outcome.client_left()
         scope.cancel()
-
-    async def _send_refusal(self, stream: Stream, outcome: Outcome, err: GatewayError) -> None:
-        outcome.status = err.status
-        if stream.started or stream.closed:
-            return
-        stream.started = True
-        headers = [(b"content-type", b"application/json"), *stream.extra_headers]
-        headers += [(k.lower().encode(), v.encode()) for k, v in error_headers(err).items()]
-        try:
-            await self._send(stream, {"type": "http.response.start", "status": err.status, "headers": headers})
-            await self._send(stream, {"type": "http.response.body", "body": stream.fmt.refusal(err)})
-        except _ClientGone:
-            stream.closed = True
-
-    async def _send_failure(self, stream: Stream, outcome: Outcome, error: BaseException) -> None:
-        """Tell the client the generation failed: an error event mid-stream, else a status."""
-        err = error if isinstance(error, GatewayError) else GatewayError("the server failed to generate an answer")
-        if not stream.started:
-            await self._send_refusal(stream, outcome, err)
-            return
-        if stream.closed or not stream.fmt.streaming:
-            return
-        try:
-            with anyio.CancelScope(shield=True):
-                message = {"type": "http.response.body", "body": stream.fmt.error(err), "more_body": False}
-                await self._send(stream, message)
-        except _ClientGone:
-            stream.closed = True
 
     async def _finish(
         self,
@@ -364,10 +279,7 @@ class GenerationRunner:
             # The response ends only after on_end saved the conversation and released
             # its lock, so a client that sends its next turn as soon as this response
             # is complete never finds the conversation still busy (409).
-            try:
-                await self._send(stream, {"type": "http.response.body", "body": b"", "more_body": False})
-            except _ClientGone:
-                stream.closed = True
+            await stream.end()
         m = self.metrics
         m.requests.labels(gen.route, state.value).inc()
         m.e2e.observe(outcome.ended_at - gen.arrived_at)

@@ -13,7 +13,7 @@ import gateway.http.direct_send as direct_send_module
 from gateway import Settings, create_app
 from gateway.core.completion import CompletionState
 from gateway.core.engine import ACCEPTED, EngineOutput, SamplingOptions
-from gateway.core.token_path import TokenPath
+from gateway.core.stream import TokenPath
 from gateway.core.vllm_engine import SinkFailed, VLLMEngine
 from tests.fakes import FakeEngine
 from tests.live import serve
