@@ -179,8 +179,7 @@ class GenerationRunner:
                     path.parked = False
                     if path.held is not None:  # spelled by the sink, not yet taken by the connection
                         body, path.held = path.held, None
-                        await stream.body(body)
-                        path.sent(stream.last_send_at)
+                        await path.send(body)
                     if out is ACCEPTED:  # the engine took the request: a refusal can no longer come
                         opening = fmt.opening()
                         if opening:
@@ -189,14 +188,9 @@ class GenerationRunner:
                         continue
                     now = time.monotonic()
                     body = path.spell(out, now)
-                    if body:
-                        # Most tokens go on the wire at once (gateway.core.direct_send), without a coroutine.
-                        write_now = stream.write_now
-                        if write_now is not None and not stream.lock.locked() and write_now(body):
-                            path.sent(now)
-                        else:
-                            await stream.body(body)
-                            path.sent(stream.last_send_at)
+                    # Most tokens the pump handles go on the wire at once too, without a coroutine.
+                    if body and not path.write_at_once(body, now):
+                        await path.send(body)
                     path.parked = True
             # The stream ended by itself: every engine request of the generation has finished.
             outcome.engine_finished = True

@@ -194,23 +194,35 @@ class TokenPath:
             outcome.text_parts.append(out.text)
         return self.stream.fmt.delta(out)
 
-    def sent(self, now: float) -> None:
+    def _sent(self, now: float) -> None:
         """Everything spelled so far is on its way to the client."""
         self.stream.last_send_at = now
         self.outcome.parts_sent = len(self.outcome.text_parts)
         self.outcome.streamed = True
 
+    def write_at_once(self, body: bytes, now: float) -> bool:
+        """Put `body` on the connection now, without a coroutine, if it takes it (and no ping is on its way)."""
+        write_now = self.stream.write_now
+        if write_now is None or self.stream.lock.locked() or not write_now(body):
+            return False
+        self._sent(now)
+        return True
+
+    async def send(self, body: bytes) -> None:
+        """Send `body` the stream's way, which waits for a slow client (and for a ping on its way)."""
+        await self.stream.body(body)
+        self._sent(self.stream.last_send_at)
+
     def take(self, out: EngineOutput) -> bool:
         """The engine's sink: handle `out` here and now, or say False (the pump will)."""
         stream = self.stream
-        write_now = stream.write_now
-        if not self.parked or self.held is not None or write_now is None or stream.closed or stream.lock.locked():
+        # Checked before the output is counted: what `take` declines, the pump counts.
+        if not self.parked or self.held is not None or stream.closed:
+            return False
+        if stream.write_now is None or stream.lock.locked():
             return False
         now = time.monotonic()
         body = self.spell(out, now)
-        if body:
-            if write_now(body):
-                self.sent(now)
-            else:  # the client reads slower than the stream: the pump waits for it
-                self.held = body
+        if body and not self.write_at_once(body, now):  # the client reads slower than the stream
+            self.held = body  # the pump waits for it
         return True
