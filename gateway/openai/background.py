@@ -241,14 +241,15 @@ class BackgroundRuns:
                     ended = final
                 else:
                     ended = _failed(queued, _error(outcome))
-                ended = {**ended, "background": True, "completed_at": int(time.time())}
+                completed = {"background": True, "completed_at": int(time.time())}
+                ended = {**ended, **completed}
                 try:
                     await self.store.update_response(response_id, {"response": ended})
                 except SessionTooLarge as err:
                     # An answer its record cannot hold: stored as failed now, saying why, rather
                     # than left in progress until the lease lapses and reads as a dead server.
                     error = {"code": "server_error", "message": f"the response is too large to store: {err.message}"}
-                    ended = _failed({**queued, "background": True, "completed_at": ended["completed_at"]}, error)
+                    ended = {**_failed(queued, error), **completed}
                     await self.store.update_response(response_id, {"response": ended})
                 return ended
         except GatewayError as err:  # deleted while it ran, or the store is away: nothing to record into
