@@ -7,23 +7,31 @@ the engine request, `on_end`, the completion callback, metrics, the log line)
 happens in one `finally` that is shielded from cancellation, so no way of
 ending can skip it.
 
-Cancellation flows:
+An admitted generation is served by a task of its own (`Serving`), beside two
+small ones: one watches `receive` for the client's disconnect, one sends
+keep-alive comments. They are plain asyncio tasks, not an anyio task group:
+per request, a task group and its cancel scopes cost about a microsecond per
+streamed token of a typical answer, a tenth of the gateway's own share.
+
+Cancellation flows (each cuts the serving task through `Serving.cut`, which
+never cuts a store write or the finish halfway):
 - the client disconnects: the watcher sees `http.disconnect` on `receive` and
-  cancels the task group; the engine request is aborted in `finally`;
+  cuts the stream; the engine request is aborted in `finally`;
 - the client stops reading: a send stalled longer than `send_timeout`
   counts as a disconnect (the keep-alive task watches for it);
-- the server cancels the ASGI task (shutdown): `finally` still runs.
+- the server cancels the ASGI task (shutdown): the stream is cut, and the
+  request's task waits for `finally` to have run before it ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
+from dataclasses import dataclass
 
-import anyio
-import anyio.abc
 from starlette.requests import Request
 from starlette.types import Send
 
@@ -45,6 +53,40 @@ logger = logging.getLogger(__name__)
 
 OnEnd = Callable[[Outcome], Awaitable[None]]
 OnStart = Callable[[], Awaitable[None]]
+
+
+@dataclass(eq=False, slots=True)
+class Serving:
+    """The tasks that serve one admitted generation, and when the stream may be cut."""
+
+    task: asyncio.Task[None] | None = None  # serves the generation, then finishes it
+    watcher: asyncio.Task[None] | None = None  # watches for the client's disconnect
+    keeper: asyncio.Task[None] | None = None  # keep-alive comments; cuts a client that stopped reading
+    # False until the task runs, and while a store write or the finish runs: a task cancelled
+    # before it starts would skip its `finally`, and neither a store write nor the finish is
+    # ever cut halfway.
+    cuttable: bool = False
+    cut_asked: bool = False
+
+    def cut(self) -> None:
+        """Stop the stream (the client left, or the server is shutting down)."""
+        self.cut_asked = True
+        if self.cuttable and self.task is not None:
+            self.task.cancel()
+
+    def hold_cuts(self) -> None:
+        self.cuttable = False
+
+    def allow_cuts(self) -> None:
+        """From now on a cut stops the stream; one asked meanwhile stops it now."""
+        self.cuttable = True
+        if self.cut_asked:
+            raise asyncio.CancelledError
+
+    def stop_helpers(self) -> None:
+        for helper in (self.watcher, self.keeper):
+            if helper is not None:
+                helper.cancel()
 
 
 class GenerationRunner:
@@ -91,30 +133,62 @@ class GenerationRunner:
                 self._log(request, gen, outcome)
             return
 
+        serving = Serving()
+        # The stream runs in a task of its own, not in the request's task: every token
+        # wakes the task that waits for it, and a wake-up resumes each coroutine frame
+        # it is suspended in. The request's task sits under the whole middleware and
+        # routing stack (about twenty frames); a task of its own, under three.
+        serving.task = task = asyncio.create_task(
+            self._serve_and_finish(request, ticket, gen, outcome, stream, serving, on_start, on_end, callback)
+        )
+        serving.watcher = asyncio.create_task(self._watch_disconnect(request, stream, outcome, serving))
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._watch_disconnect, request, stream, outcome, tg.cancel_scope)
+            # Shielded: only `Serving.cut` cancels the serving task, so its finish is never cut.
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            serving.cut()  # the server cancelled the request (shutdown): the stream stops, the finish runs
+            while not task.done():
+                try:
+                    await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    continue
+            raise
 
-                async def serve_then_stop() -> None:
-                    await self._serve(ticket, gen, outcome, stream, tg, on_start)
-                    tg.cancel_scope.cancel()  # the watchers' work is done
-
-                # The stream runs in a task of its own, not in the request's task: every token
-                # wakes the task that waits for it, and a wake-up resumes each coroutine frame
-                # it is suspended in. The request's task sits under the whole middleware and
-                # routing stack (about twenty frames); a task of its own, under three.
-                tg.start_soon(serve_then_stop)
-        except Exception as exc:  # a bug or an engine fault: report it, never raise into the server
-            error = _first_error(exc)
+    async def _serve_and_finish(
+        self,
+        request: Request,
+        ticket: Claim,
+        gen: GenerationRequest,
+        outcome: Outcome,
+        stream: Stream,
+        serving: Serving,
+        on_start: OnStart | None,
+        on_end: OnEnd,
+        callback: CompletionCallback | None,
+    ) -> None:
+        try:
+            serving.allow_cuts()
+            await self._serve(ticket, gen, outcome, stream, serving, on_start)
+        except asyncio.CancelledError:
+            # Cut (see `Serving.cut`); whoever cut recorded why (a server's cancel records
+            # nothing: the finish records an error).
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        except Exception as error:  # a bug or an engine fault: report it, never raise into the server
             outcome.fail(error)
             if isinstance(error, GatewayError) and error.status < 500:  # the engine refused the request: no fault
                 logger.info("request %s refused by the engine: %s", gen.request_id, error)
             else:
                 logger.exception("request %s failed", gen.request_id)
-            await stream.fail(outcome, error)
+            try:
+                await stream.fail(outcome, error)
+            except asyncio.CancelledError:
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._finish(request, ticket, gen, outcome, stream, on_end, callback)
+            serving.hold_cuts()
+            serving.stop_helpers()
+            await self._finish(request, ticket, gen, outcome, stream, on_end, callback)
 
     async def _admit(self, claim: Claim | None, gen: GenerationRequest) -> Claim:
         """Confirm the claim with the request's token cost (claiming first if there is none)."""
@@ -137,7 +211,7 @@ class GenerationRunner:
         gen: GenerationRequest,
         outcome: Outcome,
         stream: Stream,
-        tg: anyio.abc.TaskGroup,
+        serving: Serving,
         on_start: OnStart | None,
     ) -> None:
         user_class = ticket.principal.user_class
@@ -157,10 +231,11 @@ class GenerationRunner:
             await stream.refuse(outcome, gone)
             return
         if on_start is not None:
-            with anyio.CancelScope(shield=True):  # a store write under a lock: never cut halfway
-                await on_start()
+            serving.hold_cuts()  # a store write under a lock: never cut halfway
+            await on_start()
+            serving.allow_cuts()
 
-        tg.start_soon(self._keep_alive, stream, outcome, tg.cancel_scope)
+        serving.keeper = asyncio.create_task(self._keep_alive(stream, outcome, serving))
         try:
             await self._pump(gen, outcome, stream)
         except ClientGone:
@@ -206,7 +281,7 @@ class GenerationRunner:
         outcome.parts_sent = len(outcome.text_parts)
         outcome.end(CompletionState.SUCCESS)
 
-    async def _keep_alive(self, stream: Stream, outcome: Outcome, scope: anyio.CancelScope) -> None:
+    async def _keep_alive(self, stream: Stream, outcome: Outcome, serving: Serving) -> None:
         """Cut a client that stopped reading; send keep-alive comments while the stream is quiet.
 
         Keep-alive comments stop load balancers cutting a stream whose prefill is long.
@@ -215,33 +290,36 @@ class GenerationRunner:
         tick = min(limits.ping_interval, limits.send_timeout) / 4
         stream.last_send_at = time.monotonic()
         while True:
-            await anyio.sleep(tick)
+            await asyncio.sleep(tick)
             now = time.monotonic()
             if stream.send_started_at is not None and now - stream.send_started_at > limits.send_timeout:
-                self._client_gone(stream, outcome, scope)
+                self._client_gone(stream, outcome, serving)
                 return
             quiet = stream.send_started_at is None and not stream.lock.locked()
             if stream.fmt.streaming and quiet and now - stream.last_send_at >= limits.ping_interval:
                 try:
                     await stream.ping()
                 except ClientGone:
-                    self._client_gone(stream, outcome, scope)
+                    self._client_gone(stream, outcome, serving)
                     return
 
-    async def _watch_disconnect(
-        self, request: Request, stream: Stream, outcome: Outcome, scope: anyio.CancelScope
-    ) -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                self._client_gone(stream, outcome, scope)
-                return
+    async def _watch_disconnect(self, request: Request, stream: Stream, outcome: Outcome, serving: Serving) -> None:
+        try:
+            while True:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    self._client_gone(stream, outcome, serving)
+                    return
+        except Exception as error:  # a broken `receive` (a middleware's): the stream cannot be watched
+            logger.exception("watching request %s for a disconnect failed", request_id_of(request.scope) or "-")
+            outcome.fail(error)
+            serving.cut()
 
     @staticmethod
-    def _client_gone(stream: Stream, outcome: Outcome, scope: anyio.CancelScope) -> None:
+    def _client_gone(stream: Stream, outcome: Outcome, serving: Serving) -> None:
         stream.closed = True
         outcome.client_left()
-        scope.cancel()
+        serving.cut()
 
     async def _finish(
         self,
@@ -301,11 +379,3 @@ class GenerationRunner:
             outcome.completion_tokens,
             ended - gen.arrived_at,
         )
-
-
-def _first_error(exc: BaseException) -> BaseException:
-    # The task group wraps what the stream raised in an ExceptionGroup; unwrapped,
-    # a GatewayError from the engine (a request vLLM rejects: 400) keeps its status.
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc

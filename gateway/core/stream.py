@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import anyio
 from starlette.types import Message, Send
 
 from gateway.core.direct_send import DirectSend
@@ -101,7 +100,7 @@ class Stream:
     async def send_once(self, message: Message) -> None:
         """A one-off send, bounded by `send_timeout`."""
         try:
-            with anyio.fail_after(self.send_timeout):
+            async with asyncio.timeout(self.send_timeout):
                 await self.send(message)
         except (TimeoutError, OSError) as exc:
             raise ClientGone from exc
@@ -143,9 +142,7 @@ class Stream:
         if self.closed or not self.fmt.streaming:
             return
         try:
-            with anyio.CancelScope(shield=True):
-                message = {"type": "http.response.body", "body": self.fmt.error(err), "more_body": False}
-                await self.send_once(message)
+            await self.send_once({"type": "http.response.body", "body": self.fmt.error(err), "more_body": False})
         except ClientGone:
             self.closed = True
 

@@ -103,13 +103,14 @@ async def running_gateway(
     *,
     engine_started: bool = False,
     store: SessionStore | None = None,
+    callbacks: Callbacks | None = None,
 ) -> AsyncIterator[Gateway]:
     """create_app(settings) with `engine` (and `store`, if given), served by uvicorn on 127.0.0.1.
 
     A shared engine that is already running (the real one) is served without
     the app's lifespan, so the app does not start or stop it.
     """
-    callbacks = Callbacks()
+    callbacks = callbacks or Callbacks()
     app = create_app(settings or make_settings(), engine=engine, callback=callbacks, store=store)
     handled = Handled(app)
     async with serve(handled, lifespan="off" if engine_started else "on") as url:
