@@ -27,6 +27,7 @@ from gateway.http.access_log import AccessLogMiddleware
 from gateway.http.admin import add_admin_routes
 from gateway.http.admission import AdmissionMiddleware
 from gateway.http.auth import APIKeyMiddleware, UserKeys
+from gateway.http.direct_route import DirectRoute
 from gateway.http.direct_send import GatewayApp
 from gateway.http.errors import add_error_handlers
 from gateway.http.identity import identify_by
@@ -174,9 +175,13 @@ def create_app(
     )
     add_error_handlers(app)
 
-    @app.post("/chat_stream", **api_docs.CHAT_STREAM)
     async def chat_stream_route(request: Request) -> Response:
         return await chat.handle_chat_stream_request(request, callback=callback)
+
+    # A direct route (gateway.http.direct_route): the generations' hot path skips FastAPI's request handling.
+    app.router.add_api_route(
+        "/chat_stream", chat_stream_route, methods=["POST"], route_class_override=DirectRoute, **api_docs.CHAT_STREAM
+    )
 
     @app.post("/clear_context", **api_docs.CLEAR_CONTEXT)
     async def clear_context(request: Request) -> Response:

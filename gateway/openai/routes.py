@@ -26,6 +26,7 @@ from gateway.core import CompletionCallback, Core, GenerationRequest, Outcome
 from gateway.core.errors import EngineUnavailable, GatewayError
 from gateway.core.runner import OnEnd
 from gateway.core.stream_format import StreamFormat
+from gateway.http.direct_route import DirectRoute
 from gateway.http.limits import read_body
 from gateway.openai.chat_format import ChatFormat
 from gateway.openai.completion_format import CompletionFormat
@@ -208,13 +209,20 @@ def add_openai_routes(app: FastAPI, core: Core, callback: CompletionCallback | N
     routes = OpenAIRoutes(core, callback)
     router = APIRouter(responses=ERRORS)
 
-    @router.post("/v1/chat/completions", response_model=None, openapi_extra=_CHAT_DOC)
     async def chat_completions(request: Request) -> Response:
         return await routes.generation(request, CHAT_ROUTE)
 
-    @router.post("/v1/completions", response_model=None, openapi_extra=_COMPLETION_DOC)
     async def completions(request: Request) -> Response:
         return await routes.generation(request, COMPLETIONS_ROUTE)
+
+    # Direct routes (gateway.http.direct_route): the generations' hot path skips FastAPI's request handling.
+    for path, endpoint, doc in (
+        ("/v1/chat/completions", chat_completions, _CHAT_DOC),
+        ("/v1/completions", completions, _COMPLETION_DOC),
+    ):
+        router.add_api_route(
+            path, endpoint, methods=["POST"], response_model=None, openapi_extra=doc, route_class_override=DirectRoute
+        )
 
     @router.get("/v1/models", response_model=None)
     async def models() -> Response:
