@@ -204,8 +204,10 @@ class ChatStream:
         return conversation
 
     async def render(self, prompt: ChatPrompt, budget: int) -> RenderedPrompt:
-        """The window of `prompt` the engine gets, rendered off the event loop; a refusal is a BadChatRequest."""
+        """The window of `prompt` the engine gets (off the event loop unless short); refused: BadChatRequest."""
         try:
+            if _renders_at_once(prompt):
+                return prompt.render(budget)
             return await self.core.offload(prompt.render, budget)
         except TurnTooLong as err:
             raise BadChatRequest(f"{err}; shorten the message", param="user_input") from None
@@ -299,3 +301,18 @@ def _template_refusal(err: TemplateRejected) -> BadChatRequest:
         "the model's chat template does not accept this conversation (some models take no system prompt)",
         param="user_input",
     )
+
+
+# A conversation this short renders (template and tokenizer) in a few hundred microseconds,
+# hardly more than its round trip to the render thread costs the event loop; a longer one
+# takes milliseconds, which on the loop would stall every other stream's tokens.
+INLINE_RENDER_CHARS = 512
+
+
+def _renders_at_once(prompt: ChatPrompt) -> bool:
+    size = len(prompt.system or "")
+    for message in prompt.messages:
+        size += len(message["content"])
+        if size > INLINE_RENDER_CHARS:
+            return False
+    return True

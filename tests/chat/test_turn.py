@@ -6,6 +6,7 @@ a long history rendered while other streams run. Each test names the bug of issu
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from itsdangerous import TimestampSigner
 from transformers import AutoTokenizer
 
+from gateway.chat.chat_stream import INLINE_RENDER_CHARS
 from gateway.core.vllm_engine import _HFTokenizer
 from prompts import ChatPrompt
 from tests.chat.test_chat_stream import COOKIE, SECRET, assert_json_error, chat_turn, messages_of, running_gateway
@@ -192,9 +194,11 @@ class SlowTokenizer(CharTokenizer):
         self.delay = delay
         self.slow = False
         self.encoded_chars = 0
+        self.threads: list[str] = []  # where each encoding ran
 
     def encode(self, text: str) -> list[int]:
         self.encoded_chars += len(text)
+        self.threads.append(threading.current_thread().name)
         if self.slow:
             time.sleep(self.delay)  # blocking on purpose: what a long render does to its thread
         return super().encode(text)
@@ -231,7 +235,7 @@ async def test_rendering_leaves_the_event_loop_free_and_ttft_counts_it() -> None
         engine.tokenizer.slow = True
         stop = asyncio.Event()
         ticks = asyncio.create_task(ticker(stop))
-        response, events = await chat_turn(client, "render me slowly")
+        response, events = await chat_turn(client, "render me slowly, " * (INLINE_RENDER_CHARS // 10))
         stop.set()
         await ticks
         assert response.status_code == 200 and events[-1].data["state"] == "success"
@@ -239,6 +243,20 @@ async def test_rendering_leaves_the_event_loop_free_and_ttft_counts_it() -> None
     assert max(gaps) < 0.25, f"the event loop stalled for {max(gaps):.3f} s"
     # One render took at least `delay` (the tokenizer blocked that long): it counts in TTFT.
     assert metric(text, "chatstream:time_to_first_token_seconds_sum") >= 0.5
+
+
+async def test_a_short_conversation_renders_on_the_event_loop_and_a_long_one_on_the_render_thread() -> None:
+    # A short render costs less than the round trip to the render thread (gateway.chat.chat_stream).
+    engine = SlowTokenizerEngine(delay=0.0)
+    async with running_gateway(engine) as gw, gw.client() as client:
+        loop_thread = threading.current_thread().name  # the test runs the server on its own loop
+        response, _ = await chat_turn(client, "short")
+        assert response.status_code == 200
+        assert set(engine.tokenizer.threads) == {loop_thread}
+        engine.tokenizer.threads.clear()
+        response, _ = await chat_turn(client, "x" * INLINE_RENDER_CHARS)  # with the first exchange: over the bound
+        assert response.status_code == 200
+        assert engine.tokenizer.threads and loop_thread not in engine.tokenizer.threads
 
 
 async def test_a_long_history_is_not_encoded_again_on_every_turn() -> None:
