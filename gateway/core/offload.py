@@ -1,11 +1,15 @@
 """Offload: request work that would block the event loop runs on one worker thread instead.
 
-Rendering a conversation (a Jinja chat template) and tokenizing it takes
-milliseconds for a short conversation and far longer for a long one; on the
-event loop that time is a stall in every other stream's tokens. Both APIs
-render through `Core.offload`. One worker: renders queue behind each other
-rather than compete with the loop for the interpreter, and a tokenizer is
-never used from two threads at once.
+Rendering a conversation (a Jinja chat template) and tokenizing it takes a
+few hundred microseconds for one short turn, milliseconds for a few turns and
+far longer for a long history; on the event loop that time is a stall in every
+other stream's tokens. `/chat_stream` renders through `Core.offload` all but a
+short conversation, whose render costs less than the trip here and back
+(`gateway.chat.chat_stream`); the OpenAI routes render through vLLM's renderer,
+which has its own thread pool. One worker: long renders queue behind each other
+rather than compete with the loop for the interpreter. (The tokenizer is shared
+with the loop and with vLLM's pool; the gateway's own calls never reconfigure it,
+as a call with other truncation settings would.)
 """
 
 from __future__ import annotations
