@@ -204,15 +204,19 @@ class ChatStream:
         return conversation
 
     async def render(self, prompt: ChatPrompt, budget: int) -> RenderedPrompt:
-        """The window of `prompt` the engine gets (off the event loop unless short); refused: BadChatRequest."""
+        """The window of `prompt` the engine gets; a refusal is a BadChatRequest."""
         try:
-            if _renders_at_once(prompt):
-                return prompt.render(budget)
-            return await self.core.offload(prompt.render, budget)
+            return await self._window(prompt, budget)
         except TurnTooLong as err:
             raise BadChatRequest(f"{err}; shorten the message", param="user_input") from None
         except TemplateRejected as err:
             raise _template_refusal(err) from None
+
+    async def _window(self, prompt: ChatPrompt, budget: int) -> RenderedPrompt:
+        """`prompt.render(budget)`: off the event loop, unless the conversation is short."""
+        if _renders_at_once(prompt):
+            return prompt.render(budget)
+        return await self.core.offload(prompt.render, budget)
 
     def budget(self, params: Mapping[str, Any]) -> int:
         """Prompt tokens the context leaves beside an answer of the session's `max_new_tokens`."""
@@ -238,7 +242,7 @@ class ChatStream:
             conversation = await self.open_conversation(request, lock=False)
             prompt = conversation.prompt
             try:
-                text = (await self.core.offload(prompt.render, self.budget(conversation.params))).text
+                text = (await self._window(prompt, self.budget(conversation.params))).text
             except TurnTooLong as err:  # the newest exchange alone is over the budget: show it anyway
                 text = err.newest.text if err.newest is not None else ""
             except TemplateRejected as err:
