@@ -7,6 +7,7 @@ imported only when an engine starts, so the HTTP layer loads without it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -18,11 +19,11 @@ from gateway.core.engine import (
     EngineDead,
     EngineOutput,
     EngineStats,
-    FinishReason,
     OutputSink,
     SamplingOptions,
 )
 from gateway.core.errors import BadChatRequest, PromptTooLong
+from gateway.core.vllm_outputs import SinkFailed, build_for, engine_output, offer_to
 from prompts import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -133,8 +134,9 @@ class VLLMEngine:
             )
         if self.client is not None:
             self._stamp_reports(self._llm.engine_core)
+        await self._restart_output_handler_without_iteration_stats()
         # vLLM reads some of its settings from the environment on every use, one of them once
-        # per engine output (its iteration stats); its engine processes cache them once started,
+        # per engine output (its iteration stats, when on); its engine processes cache them once started,
         # and so does this one now (the environment is not changed after start-up).
         from vllm import envs
 
@@ -144,6 +146,23 @@ class VLLMEngine:
 
         self._tokenizer = _HFTokenizer(self._llm.get_tokenizer(), load_chat_template(self.chat_template))
         logger.info("engine ready: model=%s max_model_len=%d", self.model, self.max_model_len)
+
+    async def _restart_output_handler_without_iteration_stats(self) -> None:
+        # With stat loggers on, vLLM's output handler computes iteration stats: per token, the
+        # latencies its Prometheus histograms observe (about 1 µs a token of this process). The
+        # gateway's logger reads only the scheduler's report, which the engine core sends either
+        # way; its /metrics keeps its own figures. AsyncLLM started the handler with the setting
+        # it had then: it is restarted without them, before any request runs.
+        llm = self._llm
+        handler = llm.output_handler
+        if handler is None:  # not started yet: it starts with the first request
+            llm.log_stats = llm.output_processor.log_stats = False
+            return
+        handler.cancel()
+        await asyncio.wait([handler])
+        llm.output_handler = None
+        llm.log_stats = llm.output_processor.log_stats = False
+        llm._run_output_handler()
 
     def _stamp_reports(self, engine_core: Any) -> None:
         # The engine core sends each step's scheduler report to one of its front ends only
@@ -263,12 +282,15 @@ class VLLMEngine:
         # so that the stream can tell when vLLM has accepted the request: its checks, where it
         # refuses bad parameters, run in add_request. (No streamed inputs here: none of
         # generate's handling of them applies.)
-        queue = None
+        queue = state = None
         started = finished = False
         try:
             queue = await llm.add_request(request_id, prompt, params, **kwargs)
             if sink is not None:
-                _offer_to(sink, queue)
+                offer_to(sink, queue)
+                state = llm.output_processor.request_states.get(queue.request_id)
+                if state is None or not build_for(sink, queue, state):
+                    state = None
             yield ACCEPTED
             while not finished:
                 out = queue.get_nowait() or await queue.get()
@@ -278,7 +300,7 @@ class VLLMEngine:
                 for completion in out.outputs:
                     if completion.finish_reason == "error":  # vLLM: a request-level failure inside the engine
                         raise RuntimeError(f"the engine failed request {request_id}")
-                    yield _engine_output(out, completion, prompt_logprobs)
+                    yield engine_output(out, completion, prompt_logprobs)
                     prompt_logprobs = None  # once per request output, with its first answer
         except EngineDeadError as exc:
             raise EngineDead("the vLLM engine has died") from exc
@@ -292,8 +314,10 @@ class VLLMEngine:
             raise error from exc
         finally:
             if queue is not None:
-                if sink is not None:  # its consumer is gone: the collector's own put again
+                if sink is not None:  # its consumer is gone: vLLM's own build and put again
                     del queue.put
+                    if state is not None:
+                        del state.make_request_output
                 # Stopped early (the consumer left, a failure): as generate does, the request is
                 # aborted (by the id vLLM gave it), unless the engine is dead.
                 if not finished and not llm.errored:
@@ -312,64 +336,6 @@ class VLLMEngine:
 
     def stats(self) -> EngineStats | None:
         return self._stats
-
-
-class SinkFailed(RuntimeError):
-    """The sink raised while it took an output (its cause): the stream raises this."""
-
-
-def _engine_output(out: Any, completion: Any, prompt_logprobs: Any) -> EngineOutput:
-    """One answer's part of a vLLM RequestOutput."""
-    reason = completion.finish_reason
-    return EngineOutput(
-        text=completion.text,
-        num_new_tokens=len(completion.token_ids),
-        num_prompt_tokens=len(out.prompt_token_ids or ()),
-        finish_reason=None if reason is None else _finish_reason(reason),
-        index=completion.index,
-        token_ids=completion.token_ids,
-        logprobs=completion.logprobs,
-        prompt_logprobs=prompt_logprobs,
-        stop_reason=completion.stop_reason,
-        num_cached_tokens=out.num_cached_tokens or 0,
-        num_cache_write_tokens=out.num_cache_creation_tokens or 0,
-    )
-
-
-def _offer_to(sink: OutputSink, queue: Any) -> None:
-    """Offer `sink` each output vLLM's output handler puts in `queue` that it may take at once.
-
-    vLLM's output handler puts every request's output into its collector, which wakes the task
-    that waits on it; an output the sink takes never goes there. Offered: one answer's output
-    that is not its last, while the collector holds none (what it holds goes first). The sink
-    runs inside vLLM's output handler, which must never see it raise (that would stop the
-    engine for every request): what it raises goes to the collector, and the stream raises it.
-    """
-    from vllm.outputs import RequestOutput
-
-    put = queue.put
-
-    def offer(output: Any) -> None:
-        if queue.output is None and type(output) is RequestOutput and not output.finished:
-            answers = output.outputs
-            if len(answers) == 1 and answers[0].finish_reason is None:
-                try:
-                    if sink(_engine_output(output, answers[0], output.prompt_logprobs)):
-                        return
-                except Exception as exc:
-                    failure = SinkFailed(f"the stream of request {queue.request_id} failed")
-                    failure.__cause__ = exc
-                    put(failure)
-                    return
-        put(output)
-
-    queue.put = offer
-
-
-def _finish_reason(reason: str) -> FinishReason:
-    if reason in ("length", "abort", "repetition"):
-        return reason  # type: ignore[return-value]
-    return "stop"
 
 
 def refusal(exc: BaseException) -> BadChatRequest | None:

@@ -14,7 +14,8 @@ from gateway import Settings, create_app
 from gateway.core.completion import CompletionState
 from gateway.core.engine import ACCEPTED, EngineOutput, SamplingOptions
 from gateway.core.stream import TokenPath
-from gateway.core.vllm_engine import SinkFailed, VLLMEngine
+from gateway.core.vllm_engine import VLLMEngine
+from gateway.core.vllm_outputs import SinkFailed
 from tests.fakes import FakeEngine
 from tests.live import serve
 from tests.reliability.conftest import make_settings, running_gateway
@@ -163,6 +164,79 @@ async def test_the_real_engine_offers_its_tokens_to_a_sink_and_they_are_the_toke
     assert [i for out in taken + yielded for i in out.token_ids] == ids
     assert "".join(out.text for out in taken + yielded) == "".join(out.text for out in streamed)
     assert real_engine.num_unfinished() == 0
+
+
+@pytest.mark.engine
+async def test_outputs_the_sink_declines_go_vllms_way_and_the_stream_stays_whole_in_order(
+    real_engine: VLLMEngine,
+) -> None:
+    options = SamplingOptions(max_tokens=16, temperature=0.0, ignore_eos=True)
+    prompt = real_engine.tokenizer.encode("a consumer that is sometimes busy")
+    streamed = [out async for out in real_engine.generate("plain", prompt, options) if out is not ACCEPTED]
+    arrived: list[EngineOutput] = []  # in the order the consumer saw them, taken or yielded
+    taken = offers = 0
+
+    def sink(out: EngineOutput) -> bool:  # busy on every other offer
+        nonlocal offers, taken
+        offers += 1
+        if offers % 2:
+            return False
+        arrived.append(out)
+        taken += 1
+        return True
+
+    async for out in real_engine.generate("busy", prompt, options, sink):
+        if out is not ACCEPTED:
+            arrived.append(out)
+    assert 0 < taken < len(arrived) - 1  # both ways were taken
+    assert [i for out in arrived for i in out.token_ids] == [i for out in streamed for i in out.token_ids]
+    assert "".join(out.text for out in arrived) == "".join(out.text for out in streamed)
+    assert {out.num_prompt_tokens for out in arrived} == {len(prompt)}
+    assert [out.finish_reason for out in arrived][-1] == "length"
+    assert real_engine.num_unfinished() == 0
+
+
+@pytest.mark.engine
+async def test_a_sink_gets_the_logprobs_a_request_asks_for(real_engine: VLLMEngine) -> None:
+    from vllm.sampling_params import SamplingParams
+
+    from gateway.core.vllm_engine import VLLMParams
+
+    native = VLLMParams(SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True, logprobs=2))
+    options = SamplingOptions(max_tokens=8, temperature=0.0, ignore_eos=True, native=native)
+    taken: list[EngineOutput] = []
+
+    def sink(out: EngineOutput) -> bool:
+        taken.append(out)
+        return True
+
+    prompt = real_engine.tokenizer.encode("with logprobs")
+    yielded = [out async for out in real_engine.generate("logprobs", prompt, options, sink) if out is not ACCEPTED]
+    assert taken and all(out.logprobs and len(out.logprobs) == out.num_new_tokens for out in taken + yielded)
+
+
+@pytest.mark.engine
+async def test_vllms_output_handler_computes_no_iteration_stats_and_the_scheduler_still_reports(
+    real_engine: VLLMEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vllm.v1.engine.async_llm as async_llm
+
+    built = 0
+    real_stats = async_llm.IterationStats
+
+    def counted() -> object:
+        nonlocal built
+        built += 1
+        return real_stats()
+
+    monkeypatch.setattr(async_llm, "IterationStats", counted)
+    options = SamplingOptions(max_tokens=8, temperature=0.0, ignore_eos=True)
+    prompt = real_engine.tokenizer.encode("no iteration stats")
+    outputs = [out async for out in real_engine.generate("stats", prompt, options) if out is not ACCEPTED]
+    assert sum(out.num_new_tokens for out in outputs) == 8
+    assert built == 0
+    stats = real_engine.stats()
+    assert stats is not None and stats.prefix_cache_queries > 0
 
 
 @pytest.mark.engine
