@@ -1,17 +1,19 @@
 """Scenario 7: the front end's own cost, the gateway beside vLLM's own server (issue 14).
 
-The same light client (raw asyncio streams), the same tiny model, one server at
-a time: the gateway's OpenAI route and `/chat_stream`, then vLLM's OpenAI
-server, each at every concurrency of the plan (1 to 512), streaming with
-`include_usage`. Besides tokens/s, TTFT and ITL, each level reads the CPU
-time of the server's front-end processes: the server process and every
-descendant except vLLM's engine core and its workers (`VLLM::EngineCore`,
+The same light client (raw asyncio streams), the same tiny model, one server
+loaded at a time: the gateway's OpenAI route and `/chat_stream` and vLLM's
+OpenAI server, each at every concurrency of the plan (1 to 512), streaming
+with `include_usage`; all servers run throughout and take each level in
+turn. Besides tokens/s, TTFT and ITL, each level reads the CPU time of the
+server's front-end processes: the server process and every descendant
+except vLLM's engine core and its workers (`VLLM::EngineCore`,
 `VLLM::Worker`), so several API processes count, the engine never does.
 With `--baseline`, another checkout's gateway runs the same levels too.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]
@@ -42,48 +44,60 @@ def frontend_cpu_seconds(pid: int) -> float:
 
 async def run(ctx: Context) -> None:
     plan = ctx.plan
-    servers: dict[str, dict[str, Figures]] = {}
-    flags = peers.GatewayFlags(
-        concurrency=max(plan.frontend_levels),
-        queue_size=2 * max(plan.frontend_levels),
-        max_new_tokens=plan.frontend_tokens,
-    )
-    with ctx.gateway("gateway", flags) as gw:
-        servers["gateway-openai"] = await _levels(ctx, gw, OpenAIChatTarget("gateway-openai", gw.url, ctx.model))
-        servers["gateway-chat_stream"] = await _levels(ctx, gw, ChatStreamTarget("gateway-chat_stream", gw.url))
-    if plan.baseline is not None:  # another checkout of the gateway, for a before/after in the same run
-        try:
-            with ctx.gateway("baseline", flags, source=plan.baseline) as gw:
-                openai = OpenAIChatTarget("baseline-openai", gw.url, ctx.model)
-                servers["baseline-openai"] = await _levels(ctx, gw, openai)
-                chat = ChatStreamTarget("baseline-chat_stream", gw.url)
-                servers["baseline-chat_stream"] = await _levels(ctx, gw, chat)
-        except peers.PeerFailed as exc:  # the baseline failing to start keeps the other figures
-            ctx.ui.note(f"baseline failed: {str(exc)[-300:]}")
-    port = peers.free_port()
-    with ctx.server("vllm-server", peers.vllm_server_command(ctx.model, port), port) as vs:
-        servers["vllm-server"] = await _levels(ctx, vs, OpenAIChatTarget("vllm-server", vs.url, ctx.model))
+
+    def flags() -> peers.GatewayFlags:  # a free port of its own for each gateway
+        return peers.GatewayFlags(
+            concurrency=max(plan.frontend_levels),
+            queue_size=2 * max(plan.frontend_levels),
+            max_new_tokens=plan.frontend_tokens,
+        )
+
+    # Every server runs for the whole scenario and the levels alternate between them, so that
+    # each server's level runs within a minute of the others' (an idle server costs nothing):
+    # run one after the other, the figures of the last would be taken minutes later, on a
+    # machine whose speed drifts (the shared CPU, its neighbours).
+    with contextlib.ExitStack() as running:
+        gw = running.enter_context(ctx.gateway("gateway", flags()))
+        targets: list[tuple[peers.Server, Target]] = [
+            (gw, OpenAIChatTarget("gateway-openai", gw.url, ctx.model)),
+            (gw, ChatStreamTarget("gateway-chat_stream", gw.url)),
+        ]
+        if plan.baseline is not None:  # another checkout of the gateway, for a before/after in the same run
+            try:
+                base = running.enter_context(ctx.gateway("baseline", flags(), source=plan.baseline))
+            except peers.PeerFailed as exc:  # the baseline failing to start keeps the other figures
+                ctx.ui.note(f"baseline failed: {str(exc)[-300:]}")
+            else:
+                targets.append((base, OpenAIChatTarget("baseline-openai", base.url, ctx.model)))
+                targets.append((base, ChatStreamTarget("baseline-chat_stream", base.url)))
+        port = peers.free_port()
+        vs = running.enter_context(ctx.server("vllm-server", peers.vllm_server_command(ctx.model, port), port))
+        targets.append((vs, OpenAIChatTarget("vllm-server", vs.url, ctx.model)))
+        servers = await _levels(ctx, targets)
     ctx.figures["7"] = {"max_tokens": plan.frontend_tokens, "servers": servers}
     _checks(ctx, servers)
 
 
-async def _levels(ctx: Context, server: peers.Server, target: Target) -> dict[str, Figures]:
-    await ctx.warm_up(target, ctx.plan.frontend_tokens)
-    levels: dict[str, Figures] = {}
-    for c in ctx.plan.frontend_levels:
+async def _levels(ctx: Context, targets: list[tuple[peers.Server, Target]]) -> dict[str, dict[str, Figures]]:
+    """Every level of the plan on every target, the targets in turn, in a rotated order at each level."""
+    for _, target in targets:
+        await ctx.warm_up(target, ctx.plan.frontend_tokens)
+    servers: dict[str, dict[str, Figures]] = {target.name: {} for _, target in targets}
+    for i, c in enumerate(ctx.plan.frontend_levels):
         n = max(ctx.plan.frontend_min_requests, ctx.plan.frontend_rounds * c)
-        before = frontend_cpu_seconds(server.pid)
-        s = await ctx.run_fixed(target, c, n, ctx.plan.frontend_tokens, target.name)
-        cpu = frontend_cpu_seconds(server.pid) - before
-        tokens = s["total_output_tokens"]
-        s["frontend_cpu_s"] = cpu
-        s["frontend_us_per_token"] = cpu / tokens * 1e6 if tokens else None
-        levels[str(c)] = s
-        ctx.ui.note(
-            f"{target.name} c={c}: {s['output_throughput']:.0f} tok/s, TTFT p50 {s['ttft_ms']['p50'] or 0:.0f} ms,"
-            f" front end {s['frontend_us_per_token'] or 0:.1f} µs/token"
-        )
-    return levels
+        for server, target in targets[i % len(targets) :] + targets[: i % len(targets)]:
+            before = frontend_cpu_seconds(server.pid)
+            s = await ctx.run_fixed(target, c, n, ctx.plan.frontend_tokens, target.name)
+            cpu = frontend_cpu_seconds(server.pid) - before
+            tokens = s["total_output_tokens"]
+            s["frontend_cpu_s"] = cpu
+            s["frontend_us_per_token"] = cpu / tokens * 1e6 if tokens else None
+            servers[target.name][str(c)] = s
+            ctx.ui.note(
+                f"{target.name} c={c}: {s['output_throughput']:.0f} tok/s, TTFT p50 {s['ttft_ms']['p50'] or 0:.0f} ms,"
+                f" front end {s['frontend_us_per_token'] or 0:.1f} µs/token"
+            )
+    return servers
 
 
 def _checks(ctx: Context, servers: dict[str, dict[str, Figures]]) -> None:
