@@ -48,10 +48,19 @@ class Plan:
     # scenario 7: the front end beside vLLM's server (streaming with include_usage)
     frontend_levels: tuple[int, ...] = (1, 16, 64, 256, 512)
     frontend_tokens: int = 128
-    # Requests per stream at each level (at least `frontend_min_requests`): with two, the levels
-    # from 16 up were mostly ramp-up and tail, and moved 10 to 20% between runs of the same code.
-    frontend_rounds: int = 4
+    # Requests per stream at each level, at least `frontend_min_requests` and at most
+    # `frontend_max_requests`: with two, the levels from 16 up were mostly ramp-up and tail, and
+    # moved 10 to 20% between runs of the same code; with four, a level of 16 streams lasted two
+    # seconds here and its tokens/s and TTFT p99 still moved 5 to 20% between runs.
+    frontend_rounds: int = 16
     frontend_min_requests: int = 32
+    frontend_max_requests: int = 2048
+
+    def frontend_requests(self, concurrency: int) -> int:
+        """How many requests scenario 7 sends at `concurrency` streams."""
+        rounds = self.frontend_rounds * concurrency
+        return max(self.frontend_min_requests, min(rounds, self.frontend_max_requests))
+
     # scenario 8: ten light users beside one flooder (16x the slots in flight, long answers),
     # and beside a crowd of ten more light users; `fair_seconds` measured after `fair_warmup`
     fair_slots: int = 4

@@ -84,7 +84,7 @@ async def _levels(ctx: Context, targets: list[tuple[peers.Server, Target]]) -> d
         await ctx.warm_up(target, ctx.plan.frontend_tokens)
     servers: dict[str, dict[str, Figures]] = {target.name: {} for _, target in targets}
     for i, c in enumerate(ctx.plan.frontend_levels):
-        n = max(ctx.plan.frontend_min_requests, ctx.plan.frontend_rounds * c)
+        n = ctx.plan.frontend_requests(c)
         for server, target in targets[i % len(targets) :] + targets[: i % len(targets)]:
             before = frontend_cpu_seconds(server.pid)
             s = await ctx.run_fixed(target, c, n, ctx.plan.frontend_tokens, target.name)
