@@ -51,9 +51,10 @@ class Plan:
     # Requests per stream at each level, at least `frontend_min_requests` and at most
     # `frontend_max_requests`: with two, the levels from 16 up were mostly ramp-up and tail, and
     # moved 10 to 20% between runs of the same code; with four, a level of 16 streams lasted two
-    # seconds here and its tokens/s and TTFT p99 still moved 5 to 20% between runs.
+    # seconds here and its tokens/s and TTFT p99 still moved 5 to 20% between runs. At one
+    # stream, 64 requests last about 20 seconds.
     frontend_rounds: int = 16
-    frontend_min_requests: int = 32
+    frontend_min_requests: int = 64
     frontend_max_requests: int = 2048
 
     def frontend_requests(self, concurrency: int) -> int:
