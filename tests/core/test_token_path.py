@@ -139,21 +139,27 @@ async def test_a_sink_that_fails_ends_the_stream_with_an_error_event_and_frees_t
         assert gw.chat.admission.load().running == 0
 
 
-@pytest.mark.engine
-async def test_the_real_engine_offers_its_tokens_to_a_sink_and_they_are_the_tokens_it_streams(
-    real_engine: VLLMEngine,
-) -> None:
-    options = SamplingOptions(max_tokens=12, temperature=0.0, ignore_eos=True)
-    prompt = real_engine.tokenizer.encode("the same request twice")
-
-    streamed = [out async for out in real_engine.generate("plain", prompt, options) if out is not ACCEPTED]
-
+def taking_all() -> tuple[list[EngineOutput], Callable[[EngineOutput], bool]]:
+    """A sink that takes every output it is offered, and the list it puts them in."""
     taken: list[EngineOutput] = []
 
     def sink(out: EngineOutput) -> bool:
         taken.append(out)
         return True
 
+    return taken, sink
+
+
+@pytest.mark.engine
+async def test_the_real_engine_offers_its_tokens_to_a_sink_and_they_are_the_tokens_it_streams(
+    real_engine: VLLMEngine,
+) -> None:
+    options = SamplingOptions(max_tokens=12, temperature=0.0, ignore_eos=True)
+    prompt = real_engine.tokenizer.encode("the same request twice, long enough for the prefix cache " * 4)
+
+    streamed = [out async for out in real_engine.generate("plain", prompt, options) if out is not ACCEPTED]
+
+    taken, sink = taking_all()
     offered = [out async for out in real_engine.generate("sunk", prompt, options, sink)]
     assert offered[0] is ACCEPTED
     yielded = offered[1:]
@@ -163,6 +169,11 @@ async def test_the_real_engine_offers_its_tokens_to_a_sink_and_they_are_the_toke
     ids = [i for out in streamed for i in out.token_ids]
     assert [i for out in taken + yielded for i in out.token_ids] == ids
     assert "".join(out.text for out in taken + yielded) == "".join(out.text for out in streamed)
+    # What the sink takes carries the request's figures as vLLM's own outputs do.
+    assert yielded[0].num_cached_tokens > 0  # the first request's prompt, cached
+    assert {(out.num_prompt_tokens, out.num_cached_tokens) for out in taken + yielded} == {
+        (len(prompt), yielded[0].num_cached_tokens)
+    }
     assert real_engine.num_unfinished() == 0
 
 
@@ -204,12 +215,7 @@ async def test_a_sink_gets_the_logprobs_a_request_asks_for(real_engine: VLLMEngi
 
     native = VLLMParams(SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True, logprobs=2))
     options = SamplingOptions(max_tokens=8, temperature=0.0, ignore_eos=True, native=native)
-    taken: list[EngineOutput] = []
-
-    def sink(out: EngineOutput) -> bool:
-        taken.append(out)
-        return True
-
+    taken, sink = taking_all()
     prompt = real_engine.tokenizer.encode("with logprobs")
     yielded = [out async for out in real_engine.generate("logprobs", prompt, options, sink) if out is not ACCEPTED]
     assert taken and all(out.logprobs and len(out.logprobs) == out.num_new_tokens for out in taken + yielded)
