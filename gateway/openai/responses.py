@@ -39,7 +39,7 @@ from gateway.openai.response_items import input_items, item_list, new_id
 from gateway.openai.response_store import ResponseStore
 from gateway.openai.responses_format import ResponsesFormat
 from gateway.openai.responses_request import PARAM_NAMES, ResponsesRequest, response_tools
-from gateway.openai.routes import GenerationResponse, OpenAIRoutes, generation_request, mount
+from gateway.openai.routes import RESPONSES_DOC, GenerationResponse, OpenAIRoutes, generation_request, mount
 
 logger = logging.getLogger(__name__)
 
@@ -244,11 +244,11 @@ def add_responses_routes(app: FastAPI, routes: OpenAIRoutes, store: ResponseStor
     mount(
         app,
         [
-            ("POST", "/v1/responses", responses.create),
             ("GET", one, responses.get),
             ("DELETE", one, responses.delete),
             ("GET", one + "/input_items", responses.input_items),
             ("POST", one + "/cancel", responses.cancel),
         ],
+        generations=[("/v1/responses", responses.create, RESPONSES_DOC)],
     )
     return responses

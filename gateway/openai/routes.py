@@ -174,6 +174,16 @@ def _body(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
 _MESSAGES = {"type": "array", "items": {"type": "object"}}
 _CHAT_DOC = _body(["messages"], {"model": {"type": "string"}, "messages": _MESSAGES, "stream": {"type": "boolean"}})
 _COMPLETION_DOC = _body(["prompt"], {"model": {"type": "string"}, "prompt": {}, "stream": {"type": "boolean"}})
+RESPONSES_DOC = _body(
+    [],
+    {
+        "model": {"type": "string"},
+        "input": {},
+        "instructions": {"type": "string"},
+        "previous_response_id": {"type": "string"},
+        "stream": {"type": "boolean"},
+    },
+)
 _TOKENIZE_DOC = _body([], {"model": {"type": "string"}, "prompt": {"type": "string"}, "messages": _MESSAGES})
 _DETOKENIZE_DOC = _body(
     ["tokens"], {"model": {"type": "string"}, "tokens": {"type": "array", "items": {"type": "integer"}}}
@@ -196,12 +206,29 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 Endpoint = Callable[..., Awaitable[Response]]
 
 
-def mount(app: FastAPI, endpoints: Sequence[tuple[str, str, Endpoint]]) -> None:
-    """Mount (method, path, endpoint) routes on `app`, each answering OpenAI's error shapes (in the docs too)."""
+def mount(
+    app: FastAPI,
+    endpoints: Sequence[tuple[str, str, Endpoint]],
+    generations: Sequence[tuple[str, Endpoint, dict[str, Any]]] = (),
+) -> None:
+    """Mount (method, path, endpoint) routes and (path, endpoint, body doc) generation routes on `app`.
+
+    Each answers OpenAI's error shapes (in the docs too).
+    """
     router = APIRouter(responses=ERRORS)
+    for path, endpoint, doc in generations:
+        add_generation_route(router, path, endpoint, doc)
     for method, path, endpoint in endpoints:
         router.add_api_route(path, endpoint, methods=[method], response_model=None)
     app.include_router(router)
+
+
+def add_generation_route(router: APIRouter, path: str, endpoint: Endpoint, doc: dict[str, Any]) -> None:
+    """A generation's POST route, its body documented: a direct route (gateway.http.direct_route),
+    whose hot path skips FastAPI's request handling."""
+    router.add_api_route(
+        path, endpoint, methods=["POST"], response_model=None, openapi_extra=doc, route_class_override=DirectRoute
+    )
 
 
 def add_openai_routes(app: FastAPI, core: Core, callback: CompletionCallback | None) -> OpenAIRoutes:
@@ -215,14 +242,8 @@ def add_openai_routes(app: FastAPI, core: Core, callback: CompletionCallback | N
     async def completions(request: Request) -> Response:
         return await routes.generation(request, COMPLETIONS_ROUTE)
 
-    # Direct routes (gateway.http.direct_route): the generations' hot path skips FastAPI's request handling.
-    for path, endpoint, doc in (
-        ("/v1/chat/completions", chat_completions, _CHAT_DOC),
-        ("/v1/completions", completions, _COMPLETION_DOC),
-    ):
-        router.add_api_route(
-            path, endpoint, methods=["POST"], response_model=None, openapi_extra=doc, route_class_override=DirectRoute
-        )
+    add_generation_route(router, "/v1/chat/completions", chat_completions, _CHAT_DOC)
+    add_generation_route(router, "/v1/completions", completions, _COMPLETION_DOC)
 
     @router.get("/v1/models", response_model=None)
     async def models() -> Response:

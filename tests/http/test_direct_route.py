@@ -12,7 +12,7 @@ from gateway.http.direct_route import DirectRoute
 from gateway.http.errors import add_error_handlers
 from tests.fakes import FakeEngine
 
-GENERATION_ROUTES = ("/chat_stream", "/v1/chat/completions", "/v1/completions")
+GENERATION_ROUTES = ("/chat_stream", "/v1/chat/completions", "/v1/completions", "/v1/responses")
 
 
 def test_the_generation_routes_are_direct_and_documented_as_before() -> None:
