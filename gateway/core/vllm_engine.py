@@ -154,15 +154,13 @@ class VLLMEngine:
         # way; its /metrics keeps its own figures. AsyncLLM started the handler with the setting
         # it had then: it is restarted without them, before any request runs.
         llm = self._llm
-        handler = llm.output_handler
-        if handler is None:  # not started yet: it starts with the first request
-            llm.log_stats = llm.output_processor.log_stats = False
-            return
-        handler.cancel()
-        await asyncio.wait([handler])
-        llm.output_handler = None
         llm.log_stats = llm.output_processor.log_stats = False
-        llm._run_output_handler()
+        handler = llm.output_handler
+        if handler is not None:  # else not started yet: it starts with the first request, as set now
+            handler.cancel()
+            await asyncio.wait([handler])
+            llm.output_handler = None
+            llm._run_output_handler()
 
     def _stamp_reports(self, engine_core: Any) -> None:
         # The engine core sends each step's scheduler report to one of its front ends only
@@ -289,8 +287,8 @@ class VLLMEngine:
             if sink is not None:
                 offer_to(sink, queue)
                 state = llm.output_processor.request_states.get(queue.request_id)
-                if state is None or not build_for(sink, queue, state):
-                    state = None
+                if state is not None and not build_for(sink, queue, state):
+                    state = None  # not hooked: nothing to undo
             yield ACCEPTED
             while not finished:
                 out = queue.get_nowait() or await queue.get()

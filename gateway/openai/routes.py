@@ -224,8 +224,10 @@ def mount(
 
 
 def add_generation_route(router: APIRouter, path: str, endpoint: Endpoint, doc: dict[str, Any]) -> None:
-    """A generation's POST route, its body documented: a direct route (gateway.http.direct_route),
-    whose hot path skips FastAPI's request handling."""
+    """A generation's POST route, its body documented.
+
+    A direct route (gateway.http.direct_route): the generations' hot path skips FastAPI's request handling.
+    """
     router.add_api_route(
         path, endpoint, methods=["POST"], response_model=None, openapi_extra=doc, route_class_override=DirectRoute
     )
