@@ -56,11 +56,21 @@ class Plan:
     frontend_rounds: int = 16
     frontend_min_requests: int = 64
     frontend_max_requests: int = 2048
+    # Each level is cut into up to `frontend_slices` slices and the servers take the slices in
+    # turn (A B C, B C A, ...), so that the machine's speed drifting within a level (a shared
+    # CPU, its neighbours) falls on every server alike: run whole, a level of 16 streams took
+    # 40 seconds over all servers and the engine-bound ones moved 5 to 10% against each other
+    # between runs. A slice keeps at least `frontend_slice_rounds` requests per stream, so the
+    # levels where every stream has few requests (256 and 512 here) are cut less or not at all:
+    # a slice of one request per stream would measure a burst, not a steady state.
+    frontend_slices: int = 4
+    frontend_slice_rounds: int = 4
 
-    def frontend_requests(self, concurrency: int) -> int:
-        """How many requests scenario 7 sends at `concurrency` streams."""
-        rounds = self.frontend_rounds * concurrency
-        return max(self.frontend_min_requests, min(rounds, self.frontend_max_requests))
+    def frontend_level(self, concurrency: int) -> tuple[int, int]:
+        """Scenario 7 at `concurrency` streams: (requests per slice, slices)."""
+        n = max(self.frontend_min_requests, min(self.frontend_rounds * concurrency, self.frontend_max_requests))
+        slices = max(1, min(self.frontend_slices, n // (self.frontend_slice_rounds * concurrency)))
+        return n // slices, slices
 
     # scenario 8: ten light users beside one flooder (16x the slots in flight, long answers),
     # and beside a crowd of ten more light users; `fair_seconds` measured after `fair_warmup`
@@ -133,6 +143,8 @@ def quick_plan(model: str, out: Path, scenarios: tuple[int, ...] = SCENARIOS) ->
         frontend_tokens=16,
         frontend_rounds=2,
         frontend_min_requests=4,
+        frontend_slices=2,
+        frontend_slice_rounds=1,
         fair_slots=2,
         fair_queue=16,
         fair_light_users=4,

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.plan import quick_plan
 from benchmarks.report import PLOTS
 
 SCENARIOS = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10")
@@ -66,6 +67,21 @@ def test_sweep_levels_account_for_every_request(results: dict[str, Any]) -> None
             assert level["errors"] == 0
             assert level["total_output_tokens"] > 0
             assert set(level["ttft_ms"]) == {"mean", "p50", "p90", "p99", "max"}
+
+
+def test_front_end_levels_hold_every_slice_of_every_server(results: dict[str, Any]) -> None:
+    """Scenario 7 cuts each level into slices the servers take in turn; a level's figures are all its slices."""
+    front = results["scenarios"]["7"]
+    plan = quick_plan(results["plan"]["model"], Path("."))
+    assert {"gateway-openai", "gateway-chat_stream", "vllm-server"} <= set(front["servers"])
+    for name, levels in front["servers"].items():
+        assert set(levels) == {str(c) for c in plan.frontend_levels}, name
+        for c, level in levels.items():
+            per_slice, slices = plan.frontend_level(int(c))
+            assert level["slices"] == slices == 2, (name, c)
+            assert level["completed"] == level["requests"] == per_slice * slices, (name, c)
+            assert level["errors"] == 0
+            assert level["frontend_us_per_token"] > 0, (name, c)
 
 
 def test_overload_accounts_for_every_request(results: dict[str, Any]) -> None:

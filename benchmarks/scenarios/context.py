@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import peers
-from benchmarks.client import Target, fixed_concurrency
+from benchmarks.client import LoadResult, Target, fixed_concurrency
 from benchmarks.plan import Plan
-from benchmarks.records import SLO, summarise
+from benchmarks.records import SLO, RequestRecord, summarise
 from benchmarks.scenarios.checks import Check
 from benchmarks.ui import UI
 
@@ -70,10 +70,19 @@ class Context:
 
     async def run_fixed(self, target: Target, concurrency: int, n: int, max_tokens: int, label: str) -> Figures:
         """`n` requests from `concurrency` users (closed loop), summarised against the plan's SLO."""
-        with self.ui.step(f"{label} c={concurrency}", n) as advance:
+        result = await self.load_fixed(target, concurrency, n, max_tokens, f"{label} c={concurrency}")
+        return self.summarise(result.records, result.duration)
+
+    async def load_fixed(self, target: Target, concurrency: int, n: int, max_tokens: int, label: str) -> LoadResult:
+        """`n` requests from `concurrency` users (closed loop), each request's record kept."""
+        with self.ui.step(label, n) as advance:
             result = await fixed_concurrency(target, concurrency, n, max_tokens, advance)
         await target.close()
-        return summarise(result.records, result.duration, SLO(self.plan.slo_ttft_ms, self.plan.slo_tpot_ms))
+        return result
+
+    def summarise(self, records: list[RequestRecord], duration: float) -> Figures:
+        """The figures of `records` over `duration` seconds, against the plan's SLO."""
+        return summarise(records, duration, SLO(self.plan.slo_ttft_ms, self.plan.slo_tpot_ms))
 
     async def warm_up(self, target: Target, max_tokens: int) -> None:
         """A few requests first, so one-off costs (first compilation, caches) stay out of the figures."""

@@ -4,7 +4,9 @@ The same light client (raw asyncio streams), the same tiny model, one server
 loaded at a time: the gateway's OpenAI route and `/chat_stream` and vLLM's
 OpenAI server, each at every concurrency of the plan (1 to 512), streaming
 with `include_usage`; all servers run throughout and take each level in
-turn. Besides tokens/s, TTFT and ITL, each level reads the CPU time of the
+turn, in slices where a level is long enough to cut (`Plan.frontend_level`):
+tokens/s is a server's tokens over the sum of its slices' durations, the
+latencies come from all its slices' requests. Besides tokens/s, TTFT and ITL, each level reads the CPU time of the
 server's front-end processes: the server process and every descendant
 except vLLM's engine core and its workers (`VLLM::EngineCore`,
 `VLLM::Worker`), so several API processes count, the engine never does.
@@ -20,6 +22,7 @@ import psutil  # type: ignore[import-untyped]
 
 from benchmarks import peers
 from benchmarks.client import ChatStreamTarget, OpenAIChatTarget, Target
+from benchmarks.records import RequestRecord
 from benchmarks.scenarios.checks import at_least, at_most, ratio
 from benchmarks.scenarios.context import Context, Figures
 
@@ -79,22 +82,35 @@ async def run(ctx: Context) -> None:
 
 
 async def _levels(ctx: Context, targets: list[tuple[peers.Server, Target]]) -> dict[str, dict[str, Figures]]:
-    """Every level of the plan on every target, the targets in turn, in a rotated order at each level."""
+    """Every level of the plan on every target, in slices the targets take in turn (`Plan.frontend_level`)."""
     for _, target in targets:
         await ctx.warm_up(target, ctx.plan.frontend_tokens)
     servers: dict[str, dict[str, Figures]] = {target.name: {} for _, target in targets}
-    for i, c in enumerate(ctx.plan.frontend_levels):
-        n = ctx.plan.frontend_requests(c)
-        for server, target in targets[i % len(targets) :] + targets[: i % len(targets)]:
-            before = frontend_cpu_seconds(server.pid)
-            s = await ctx.run_fixed(target, c, n, ctx.plan.frontend_tokens, target.name)
-            cpu = frontend_cpu_seconds(server.pid) - before
+    turn = 0  # the order rotates from slice to slice and from level to level
+    for c in ctx.plan.frontend_levels:
+        per_slice, slices = ctx.plan.frontend_level(c)
+        records: dict[str, list[RequestRecord]] = {target.name: [] for _, target in targets}
+        seconds = dict.fromkeys(records, 0.0)
+        cpu = dict.fromkeys(records, 0.0)
+        for k in range(slices):
+            first = turn % len(targets)
+            turn += 1
+            for server, target in targets[first:] + targets[:first]:
+                before = frontend_cpu_seconds(server.pid)
+                label = f"{target.name} c={c}" + (f" ({k + 1}/{slices})" if slices > 1 else "")
+                result = await ctx.load_fixed(target, c, per_slice, ctx.plan.frontend_tokens, label)
+                cpu[target.name] += frontend_cpu_seconds(server.pid) - before
+                records[target.name] += result.records
+                seconds[target.name] += result.duration
+        for name in records:
+            s = ctx.summarise(records[name], seconds[name])
             tokens = s["total_output_tokens"]
-            s["frontend_cpu_s"] = cpu
-            s["frontend_us_per_token"] = cpu / tokens * 1e6 if tokens else None
-            servers[target.name][str(c)] = s
+            s["slices"] = slices
+            s["frontend_cpu_s"] = cpu[name]
+            s["frontend_us_per_token"] = cpu[name] / tokens * 1e6 if tokens else None
+            servers[name][str(c)] = s
             ctx.ui.note(
-                f"{target.name} c={c}: {s['output_throughput']:.0f} tok/s, TTFT p50 {s['ttft_ms']['p50'] or 0:.0f} ms,"
+                f"{name} c={c}: {s['output_throughput']:.0f} tok/s, TTFT p50 {s['ttft_ms']['p50'] or 0:.0f} ms,"
                 f" front end {s['frontend_us_per_token'] or 0:.1f} µs/token"
             )
     return servers
