@@ -65,6 +65,11 @@ class Plan:
     # a slice of one request per stream would measure a burst, not a steady state.
     frontend_slices: int = 4
     frontend_slice_rounds: int = 4
+    # vLLM's CPU worker keeps polling its shared-memory queue, a whole core busy, for a second
+    # after its last step (`SpinCondition.busy_loop_s`): a slice started at once would share the
+    # CPU with the previous server's spinning worker for its first second, a fifth of a slice of
+    # one stream here, and whichever server came next would pay for it. Each slice waits first.
+    frontend_settle_s: float = 1.5
 
     def frontend_level(self, concurrency: int) -> tuple[int, int]:
         """Scenario 7 at `concurrency` streams: (requests per slice, slices)."""
@@ -145,6 +150,7 @@ def quick_plan(model: str, out: Path, scenarios: tuple[int, ...] = SCENARIOS) ->
         frontend_min_requests=4,
         frontend_slices=2,
         frontend_slice_rounds=1,
+        frontend_settle_s=0.0,
         fair_slots=2,
         fair_queue=16,
         fair_light_users=4,

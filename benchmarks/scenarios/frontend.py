@@ -15,6 +15,7 @@ With `--baseline`, another checkout's gateway runs the same levels too.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
@@ -96,6 +97,7 @@ async def _levels(ctx: Context, targets: list[tuple[peers.Server, Target]]) -> d
             first = turn % len(targets)
             turn += 1
             for server, target in targets[first:] + targets[:first]:
+                await asyncio.sleep(ctx.plan.frontend_settle_s)  # the previous slice's engine goes idle
                 before = frontend_cpu_seconds(server.pid)
                 label = f"{target.name} c={c}" + (f" ({k + 1}/{slices})" if slices > 1 else "")
                 result = await ctx.load_fixed(target, c, per_slice, ctx.plan.frontend_tokens, label)
