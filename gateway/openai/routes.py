@@ -223,13 +223,30 @@ def mount(
     app.include_router(router)
 
 
+# A generation answers 200 with JSON, or with `"stream": true` with Server-Sent Events
+# (FastAPI merges this into the 200 it documents).
+_ANSWERS = {
+    "responses": {
+        "200": {
+            "description": 'the answer; with "stream": true, its events',
+            "content": {"application/json": {}, "text/event-stream": {}},
+        }
+    }
+}
+
+
 def add_generation_route(router: APIRouter, path: str, endpoint: Endpoint, doc: dict[str, Any]) -> None:
-    """A generation's POST route, its body documented.
+    """A generation's POST route, its body and its two kinds of answer documented.
 
     A direct route (gateway.http.direct_route): the generations' hot path skips FastAPI's request handling.
     """
     router.add_api_route(
-        path, endpoint, methods=["POST"], response_model=None, openapi_extra=doc, route_class_override=DirectRoute
+        path,
+        endpoint,
+        methods=["POST"],
+        response_model=None,
+        openapi_extra={**doc, **_ANSWERS},
+        route_class_override=DirectRoute,
     )
 
 
