@@ -6,10 +6,11 @@ OpenAI server, each at every concurrency of the plan (1 to 512), streaming
 with `include_usage`; all servers run throughout and take each level in
 turn, in slices where a level is long enough to cut (`Plan.frontend_level`):
 tokens/s is a server's tokens over the sum of its slices' durations, the
-latencies come from all its slices' requests. Besides tokens/s, TTFT and ITL, each level reads the CPU time of the
-server's front-end processes: the server process and every descendant
-except vLLM's engine core and its workers (`VLLM::EngineCore`,
-`VLLM::Worker`), so several API processes count, the engine never does.
+latencies come from all its slices' requests. Besides tokens/s, TTFT and
+ITL, each level reads the CPU time of the server's front-end processes: the
+server process and every descendant except vLLM's engine core and its
+workers (`VLLM::EngineCore`, `VLLM::Worker`), so several API processes
+count, the engine never does.
 With `--baseline`, another checkout's gateway runs the same levels too.
 """
 
