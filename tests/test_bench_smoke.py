@@ -84,6 +84,19 @@ def test_front_end_levels_hold_every_slice_of_every_server(results: dict[str, An
             assert level["frontend_us_per_token"] > 0, (name, c)
 
 
+def test_gateway_ceiling_holds_every_pass_of_both_routes(results: dict[str, Any]) -> None:
+    """Scenario 5 takes its passes route by route in turn; a route's figures are all its passes."""
+    ceiling = results["scenarios"]["5"]
+    plan = quick_plan(results["plan"]["model"], Path("."))
+    assert ceiling["passes"] == plan.ceiling_passes == 2
+    for route in (ceiling, ceiling["openai"]):
+        load = route["load"]
+        assert load["completed"] == load["requests"] == plan.ceiling_passes * plan.ceiling_requests
+        assert load["errors"] == 0
+        assert route["tokens"] == load["total_output_tokens"] > 0
+        assert route["gateway_us_per_token"] > 0
+
+
 def test_overload_accounts_for_every_request(results: dict[str, Any]) -> None:
     overload = results["scenarios"]["2"]
     assert (

@@ -2,34 +2,57 @@
 
 `/chat_stream` and the OpenAI chat route (streaming with `include_usage`), and
 with a baseline checkout (`--baseline`) the same two against it, in the same
-run. It also prices the client: the same load read with httpx instead of the
-raw client, since on two shared cores the client's CPU is taken from the server.
+run: both gateways run throughout and the routes take their passes in turn
+(`Plan.ceiling_passes`). It also prices the client: the same load read with
+httpx instead of the raw client, since on two shared cores the client's CPU
+is taken from the server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from pathlib import Path
 
 import httpx
 
 from benchmarks import peers
 from benchmarks.client import ChatStreamTarget, OpenAIChatTarget, SSEDecoder, Target, make_prompt
+from benchmarks.records import RequestRecord
 from benchmarks.scenarios.checks import at_least, ratio
 from benchmarks.scenarios.context import Context, Figures
 
 
 async def run(ctx: Context) -> None:
     plan = ctx.plan
-    result = await _measure(ctx, "gateway-null-engine", None, httpx_cost=True)
+
+    def flags() -> peers.GatewayFlags:  # a free port of its own for each gateway
+        return peers.GatewayFlags(concurrency=256, queue_size=1024, max_new_tokens=plan.ceiling_tokens)
+
+    with contextlib.ExitStack() as running:
+        gw = running.enter_context(ctx.null_gateway("gateway-null-engine", flags()))
+        routes = _routes("gateway", gw)
+        failed = None
+        if plan.baseline is not None:
+            try:  # the baseline failing to start keeps this gateway's figures
+                base = running.enter_context(ctx.null_gateway("baseline-null-engine", flags(), source=plan.baseline))
+            except peers.PeerFailed as exc:
+                failed = str(exc)[-500:]
+            else:
+                routes |= _routes("baseline", base)
+        figures = await _passes(ctx, routes)
+        result = figures["gateway /chat_stream"]
+        result["openai"] = figures["gateway OpenAI"]
+        result["passes"] = plan.ceiling_passes
+        n = max(8, plan.ceiling_requests // 4)
+        result["client_us_per_token_httpx"] = await _client_cost_httpx(gw.url, plan.ceiling_users, n)
     if plan.baseline is not None:
         result["baseline_source"] = str(plan.baseline)
-        try:  # the baseline failing to start keeps this gateway's figures
-            result["baseline"] = await _measure(ctx, "baseline-null-engine", plan.baseline, httpx_cost=False)
-        except peers.PeerFailed as exc:
-            result["baseline_failed"] = str(exc)[-500:]
+        if failed is not None:
+            result["baseline_failed"] = failed
+        else:
+            result["baseline"] = {**figures["baseline /chat_stream"], "openai": figures["baseline OpenAI"]}
     ctx.figures["5"] = result
     ctx.check(5, "gateway CPU per streamed token", result["gateway_us_per_token"], "(measure)", None, "µs")
     ctx.check(5, "gateway tokens/s per core", result["gateway_tokens_per_s_per_core"], "(measure)", None, "tok/s")
@@ -44,30 +67,44 @@ async def run(ctx: Context) -> None:
             ctx.check(5, f"{route}: tokens/s per core / baseline's", gain, ">= 3.0", at_least(gain, 3.0), "x")
 
 
-async def _measure(ctx: Context, name: str, source: Path | None, *, httpx_cost: bool) -> Figures:
-    """/chat_stream (the figures at the top level) and the OpenAI route (under "openai") on one gateway."""
-    plan = ctx.plan
-    flags = peers.GatewayFlags(concurrency=256, queue_size=1024, max_new_tokens=plan.ceiling_tokens)
-    with ctx.null_gateway(name, flags, source=source) as gw:
-        result = await _route(ctx, gw, ChatStreamTarget(f"{name} /chat_stream", gw.url))
-        result["openai"] = await _route(ctx, gw, OpenAIChatTarget(f"{name} OpenAI", gw.url, "null"))
-        if httpx_cost:
-            n = max(8, plan.ceiling_requests // 4)
-            result["client_us_per_token_httpx"] = await _client_cost_httpx(gw.url, plan.ceiling_users, n)
-    return result
-
-
-async def _route(ctx: Context, gw: peers.Server, target: Target) -> Figures:
-    plan = ctx.plan
-    await ctx.warm_up(target, plan.ceiling_tokens)
-    server_cpu0, client_cpu0 = gw.cpu_seconds(), time.process_time()
-    figures = await ctx.run_fixed(target, plan.ceiling_users, plan.ceiling_requests, plan.ceiling_tokens, target.name)
-    server_cpu = gw.cpu_seconds() - server_cpu0
-    client_cpu = time.process_time() - client_cpu0
-    tokens = figures["total_output_tokens"]
-    wall = figures["duration_s"]
+def _routes(label: str, server: peers.Server) -> dict[str, tuple[peers.Server, Target]]:
+    """`label`'s two routes on `server`, by the names the figures are kept under."""
     return {
-        "load": figures,
+        f"{label} /chat_stream": (server, ChatStreamTarget(f"{label}-null-engine /chat_stream", server.url)),
+        f"{label} OpenAI": (server, OpenAIChatTarget(f"{label}-null-engine OpenAI", server.url, "null")),
+    }
+
+
+async def _passes(ctx: Context, routes: dict[str, tuple[peers.Server, Target]]) -> dict[str, Figures]:
+    """Every route's passes, the routes in turn (A B C D, B C D A, ...); the figures of each over all its passes."""
+    plan = ctx.plan
+    for _, target in routes.values():
+        await ctx.warm_up(target, plan.ceiling_tokens)
+    names = list(routes)
+    records: dict[str, list[RequestRecord]] = {name: [] for name in names}
+    wall = dict.fromkeys(names, 0.0)
+    server_cpu = dict.fromkeys(names, 0.0)
+    client_cpu = dict.fromkeys(names, 0.0)
+    for k in range(plan.ceiling_passes):
+        for name in names[k % len(names) :] + names[: k % len(names)]:
+            server, target = routes[name]
+            server_cpu0, client_cpu0 = server.cpu_seconds(), time.process_time()
+            label = f"{target.name} c={plan.ceiling_users} ({k + 1}/{plan.ceiling_passes})"
+            result = await ctx.load_fixed(target, plan.ceiling_users, plan.ceiling_requests, plan.ceiling_tokens, label)
+            server_cpu[name] += server.cpu_seconds() - server_cpu0
+            client_cpu[name] += time.process_time() - client_cpu0
+            records[name] += result.records
+            wall[name] += result.duration
+    return {
+        name: _figures(ctx.summarise(records[name], wall[name]), server_cpu[name], client_cpu[name]) for name in names
+    }
+
+
+def _figures(load: Figures, server_cpu: float, client_cpu: float) -> Figures:
+    tokens = load["total_output_tokens"]
+    wall = load["duration_s"]
+    return {
+        "load": load,
         "tokens": tokens,
         "gateway_cpu_s": server_cpu,
         "client_cpu_s": client_cpu,
