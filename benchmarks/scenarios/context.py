@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,16 @@ from benchmarks.scenarios.checks import Check
 from benchmarks.ui import UI
 
 Figures = dict[str, Any]
+
+
+@dataclass
+class Share:
+    """What one target got over its turns (`Context.take_turns`): its requests, their seconds, the CPU spent."""
+
+    records: list[RequestRecord] = field(default_factory=list)
+    seconds: float = 0.0  # the sum of its turns' durations
+    server_cpu: float = 0.0  # as the caller's `server_cpu` reads it
+    client_cpu: float = 0.0  # this process's CPU while its turns ran
 
 
 class Context:
@@ -79,6 +92,43 @@ class Context:
             result = await fixed_concurrency(target, concurrency, n, max_tokens, advance)
         await target.close()
         return result
+
+    async def take_turns(
+        self,
+        targets: Mapping[str, tuple[peers.Server, Target]],
+        turns: int,
+        concurrency: int,
+        per_turn: int,
+        max_tokens: int,
+        *,
+        server_cpu: Callable[[peers.Server], float],
+        first: int = 0,
+        settle_s: float = 0.0,
+    ) -> dict[str, Share]:
+        """`turns` loads of `per_turn` requests on every target, the targets taking turns (A B C, B C A, ...).
+
+        Run one after the other, the figures of the last target would be taken minutes after the
+        first's, on a machine whose speed drifts (the shared CPU, its neighbours); taken in turns,
+        a slow minute falls on every target alike. The order starts at target `first` (a caller
+        with several calls rotates on from call to call); before each turn, `settle_s` seconds
+        for the previous turn's server to go idle.
+        """
+        names = list(targets)
+        shares = {name: Share() for name in names}
+        for k in range(turns):
+            start = (first + k) % len(names)
+            for name in names[start:] + names[:start]:
+                server, target = targets[name]
+                share = shares[name]
+                await asyncio.sleep(settle_s)
+                server_cpu0, client_cpu0 = server_cpu(server), time.process_time()
+                label = f"{target.name} c={concurrency}" + (f" ({k + 1}/{turns})" if turns > 1 else "")
+                result = await self.load_fixed(target, concurrency, per_turn, max_tokens, label)
+                share.server_cpu += server_cpu(server) - server_cpu0
+                share.client_cpu += time.process_time() - client_cpu0
+                share.records += result.records
+                share.seconds += result.duration
+        return shares
 
     def summarise(self, records: list[RequestRecord], duration: float) -> Figures:
         """The figures of `records` over `duration` seconds, against the plan's SLO."""

@@ -16,7 +16,6 @@ With `--baseline`, another checkout's gateway runs the same levels too.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import Any
 
@@ -24,7 +23,6 @@ import psutil  # type: ignore[import-untyped]
 
 from benchmarks import peers
 from benchmarks.client import ChatStreamTarget, OpenAIChatTarget, Target
-from benchmarks.records import RequestRecord
 from benchmarks.scenarios.checks import at_least, at_most, ratio
 from benchmarks.scenarios.context import Context, Figures
 
@@ -87,30 +85,28 @@ async def _levels(ctx: Context, targets: list[tuple[peers.Server, Target]]) -> d
     """Every level of the plan on every target, in slices the targets take in turn (`Plan.frontend_level`)."""
     for _, target in targets:
         await ctx.warm_up(target, ctx.plan.frontend_tokens)
-    servers: dict[str, dict[str, Figures]] = {target.name: {} for _, target in targets}
+    by_name = {target.name: (server, target) for server, target in targets}
+    servers: dict[str, dict[str, Figures]] = {name: {} for name in by_name}
     turn = 0  # the order rotates from slice to slice and from level to level
     for c in ctx.plan.frontend_levels:
         per_slice, slices = ctx.plan.frontend_level(c)
-        records: dict[str, list[RequestRecord]] = {target.name: [] for _, target in targets}
-        seconds = dict.fromkeys(records, 0.0)
-        cpu = dict.fromkeys(records, 0.0)
-        for k in range(slices):
-            first = turn % len(targets)
-            turn += 1
-            for server, target in targets[first:] + targets[:first]:
-                await asyncio.sleep(ctx.plan.frontend_settle_s)  # the previous slice's engine goes idle
-                before = frontend_cpu_seconds(server.pid)
-                label = f"{target.name} c={c}" + (f" ({k + 1}/{slices})" if slices > 1 else "")
-                result = await ctx.load_fixed(target, c, per_slice, ctx.plan.frontend_tokens, label)
-                cpu[target.name] += frontend_cpu_seconds(server.pid) - before
-                records[target.name] += result.records
-                seconds[target.name] += result.duration
-        for name in records:
-            s = ctx.summarise(records[name], seconds[name])
+        shares = await ctx.take_turns(
+            by_name,
+            slices,
+            c,
+            per_slice,
+            ctx.plan.frontend_tokens,
+            server_cpu=lambda server: frontend_cpu_seconds(server.pid),
+            first=turn,
+            settle_s=ctx.plan.frontend_settle_s,
+        )
+        turn += slices
+        for name, share in shares.items():
+            s = ctx.summarise(share.records, share.seconds)
             tokens = s["total_output_tokens"]
             s["slices"] = slices
-            s["frontend_cpu_s"] = cpu[name]
-            s["frontend_us_per_token"] = cpu[name] / tokens * 1e6 if tokens else None
+            s["frontend_cpu_s"] = share.server_cpu
+            s["frontend_us_per_token"] = share.server_cpu / tokens * 1e6 if tokens else None
             servers[name][str(c)] = s
             ctx.ui.note(
                 f"{name} c={c}: {s['output_throughput']:.0f} tok/s, TTFT p50 {s['ttft_ms']['p50'] or 0:.0f} ms,"

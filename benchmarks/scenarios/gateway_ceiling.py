@@ -19,7 +19,6 @@ import httpx
 
 from benchmarks import peers
 from benchmarks.client import ChatStreamTarget, OpenAIChatTarget, SSEDecoder, Target, make_prompt
-from benchmarks.records import RequestRecord
 from benchmarks.scenarios.checks import at_least, ratio
 from benchmarks.scenarios.context import Context, Figures
 
@@ -76,27 +75,21 @@ def _routes(label: str, server: peers.Server) -> dict[str, tuple[peers.Server, T
 
 
 async def _passes(ctx: Context, routes: dict[str, tuple[peers.Server, Target]]) -> dict[str, Figures]:
-    """Every route's passes, the routes in turn (A B C D, B C D A, ...); the figures of each over all its passes."""
+    """Every route's passes, the routes taking turns; the figures of each over all its passes."""
     plan = ctx.plan
     for _, target in routes.values():
         await ctx.warm_up(target, plan.ceiling_tokens)
-    names = list(routes)
-    records: dict[str, list[RequestRecord]] = {name: [] for name in names}
-    wall = dict.fromkeys(names, 0.0)
-    server_cpu = dict.fromkeys(names, 0.0)
-    client_cpu = dict.fromkeys(names, 0.0)
-    for k in range(plan.ceiling_passes):
-        for name in names[k % len(names) :] + names[: k % len(names)]:
-            server, target = routes[name]
-            server_cpu0, client_cpu0 = server.cpu_seconds(), time.process_time()
-            label = f"{target.name} c={plan.ceiling_users} ({k + 1}/{plan.ceiling_passes})"
-            result = await ctx.load_fixed(target, plan.ceiling_users, plan.ceiling_requests, plan.ceiling_tokens, label)
-            server_cpu[name] += server.cpu_seconds() - server_cpu0
-            client_cpu[name] += time.process_time() - client_cpu0
-            records[name] += result.records
-            wall[name] += result.duration
+    shares = await ctx.take_turns(
+        routes,
+        plan.ceiling_passes,
+        plan.ceiling_users,
+        plan.ceiling_requests,
+        plan.ceiling_tokens,
+        server_cpu=lambda server: server.cpu_seconds(),
+    )
     return {
-        name: _figures(ctx.summarise(records[name], wall[name]), server_cpu[name], client_cpu[name]) for name in names
+        name: _figures(ctx.summarise(share.records, share.seconds), share.server_cpu, share.client_cpu)
+        for name, share in shares.items()
     }
 
 
