@@ -55,10 +55,14 @@ class Plan:
     # Requests per stream at each level, at least `frontend_min_requests` and at most
     # `frontend_max_requests`: with two, the levels from 16 up were mostly ramp-up and tail, and
     # moved 10 to 20% between runs of the same code; with four, a level of 16 streams lasted two
-    # seconds here and its tokens/s and TTFT p99 still moved 5 to 20% between runs. At one
-    # stream, 64 requests last about 20 seconds.
+    # seconds here and its tokens/s and TTFT p99 still moved 5 to 20% between runs. At least
+    # 512 (one and 16 streams): at one stream, each slice's first request meets an engine woken
+    # from idle (see `frontend_settle_s`) and waits 7 to 10 ms for its first token where the
+    # others wait 4 to 5, on every server; with 64 requests those four were 6% of them and a
+    # server's TTFT p99 was the slowest of them, a draw (1.30x vLLM's on one route of one run,
+    # 0.59x on the other). 512 requests of one stream last 80 to 340 seconds, by the machine.
     frontend_rounds: int = 16
-    frontend_min_requests: int = 64
+    frontend_min_requests: int = 512
     frontend_max_requests: int = 2048
     # Each level is cut into up to `frontend_slices` slices and the servers take the slices in
     # turn (A B C, B C A, ...), so that the machine's speed drifting within a level (a shared
