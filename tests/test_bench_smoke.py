@@ -82,6 +82,7 @@ def test_front_end_levels_hold_every_slice_of_every_server(results: dict[str, An
             assert level["completed"] == level["requests"] == per_slice * slices, (name, c)
             assert level["errors"] == 0
             assert level["frontend_us_per_token"] > 0, (name, c)
+            assert 0 <= level["frontend_system_us_per_token"] <= level["frontend_us_per_token"], (name, c)
 
 
 def test_gateway_ceiling_holds_every_pass_of_both_routes(results: dict[str, Any]) -> None:
@@ -95,6 +96,10 @@ def test_gateway_ceiling_holds_every_pass_of_both_routes(results: dict[str, Any]
         assert load["errors"] == 0
         assert route["tokens"] == load["total_output_tokens"] > 0
         assert route["gateway_us_per_token"] > 0
+        # split into user space and the kernel (a short run may see no tick of either)
+        user, kernel = route["gateway_user_us_per_token"], route["gateway_system_us_per_token"]
+        assert 0 <= user <= route["gateway_us_per_token"] and 0 <= kernel <= route["gateway_us_per_token"]
+        assert user + kernel == pytest.approx(route["gateway_us_per_token"])
 
 
 def test_overload_accounts_for_every_request(results: dict[str, Any]) -> None:

@@ -22,9 +22,10 @@ from benchmarks.peers.commands import (
     peer_env,
     vllm_server_command,
 )
-from benchmarks.peers.process import PeerFailed, Server, free_port, running
+from benchmarks.peers.process import CPUTimes, PeerFailed, Server, free_port, running
 
 __all__ = [
+    "CPUTimes",
     "GatewayFlags",
     "PeerFailed",
     "Server",

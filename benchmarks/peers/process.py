@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import psutil  # type: ignore[import-untyped]
@@ -23,6 +24,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class CPUTimes(NamedTuple):
+    """CPU seconds in user space and in the kernel (a server's socket writes are most of the latter)."""
+
+    user: float = 0.0
+    system: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.user + self.system
+
+    def plus(self, other: CPUTimes) -> CPUTimes:
+        return CPUTimes(self.user + other.user, self.system + other.system)
+
+    def minus(self, other: CPUTimes) -> CPUTimes:
+        return CPUTimes(self.user - other.user, self.system - other.system)
 
 
 @dataclass
@@ -41,10 +59,10 @@ class Server:
     def rss_bytes(self) -> int:
         return int(psutil.Process(self.pid).memory_info().rss)
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU of the server process alone (not the engine-core child)."""
+    def cpu_times(self) -> CPUTimes:
+        """CPU of the server process alone (not the engine-core child)."""
         times = psutil.Process(self.pid).cpu_times()
-        return float(times.user + times.system)
+        return CPUTimes(float(times.user), float(times.system))
 
     def kill(self) -> None:
         """SIGKILL the peer and every process it started, at once: a crashed machine."""

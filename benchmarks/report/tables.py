@@ -32,6 +32,7 @@ FRONTEND_COLUMNS = [
     "ITL p50 ms",
     "ITL p99 ms",
     "front-end µs/token",
+    "of it kernel",
     "requests",
     "slices",
 ]
@@ -207,6 +208,7 @@ def frontend_rows(frontend: dict[str, Any]) -> list[list[str]]:
                     fmt(s["itl_ms"]["p50"], 1),
                     fmt(s["itl_ms"]["p99"], 1),
                     fmt(s["frontend_us_per_token"], 1),
+                    fmt(s.get("frontend_system_us_per_token"), 1),  # results from before the split: -
                     f"{s['completed']}/{s['requests']}",
                     str(s.get("slices", 1)),  # results from before the levels were sliced: 1
                 ]

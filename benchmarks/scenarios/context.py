@@ -26,7 +26,7 @@ class Share:
 
     records: list[RequestRecord] = field(default_factory=list)
     seconds: float = 0.0  # the sum of its turns' durations
-    server_cpu: float = 0.0  # as the caller's `server_cpu` reads it
+    server_cpu: peers.CPUTimes = field(default_factory=peers.CPUTimes)  # as the caller's `server_cpu` reads it
     client_cpu: float = 0.0  # this process's CPU while its turns ran
 
 
@@ -101,7 +101,7 @@ class Context:
         per_turn: int,
         max_tokens: int,
         *,
-        server_cpu: Callable[[peers.Server], float],
+        server_cpu: Callable[[peers.Server], peers.CPUTimes],
         first: int = 0,
         settle_s: float = 0.0,
     ) -> dict[str, Share]:
@@ -124,7 +124,7 @@ class Context:
                 server_cpu0, client_cpu0 = server_cpu(server), time.process_time()
                 label = f"{target.name} c={concurrency}" + (f" ({k + 1}/{turns})" if turns > 1 else "")
                 result = await self.load_fixed(target, concurrency, per_turn, max_tokens, label)
-                share.server_cpu += server_cpu(server) - server_cpu0
+                share.server_cpu = share.server_cpu.plus(server_cpu(server).minus(server_cpu0))
                 share.client_cpu += time.process_time() - client_cpu0
                 share.records += result.records
                 share.seconds += result.duration

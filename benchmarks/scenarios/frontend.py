@@ -29,10 +29,10 @@ from benchmarks.scenarios.context import Context, Figures
 _ENGINE_PROCESSES = ("VLLM::EngineCore", "VLLM::Worker", "VLLM::DPCoordinator")
 
 
-def frontend_cpu_seconds(pid: int) -> float:
-    """User + system CPU of `pid` and its descendants, vLLM's engine processes left out."""
+def frontend_cpu_times(pid: int) -> peers.CPUTimes:
+    """CPU of `pid` and its descendants, vLLM's engine processes left out."""
     root = psutil.Process(pid)
-    total = 0.0
+    total = peers.CPUTimes()
     for process in [root, *root.children(recursive=True)]:
         try:
             cmdline = process.cmdline()
@@ -41,7 +41,7 @@ def frontend_cpu_seconds(pid: int) -> float:
             times = process.cpu_times()
         except psutil.NoSuchProcess:  # a short-lived helper process ended meanwhile
             continue
-        total += float(times.user + times.system)
+        total = total.plus(peers.CPUTimes(float(times.user), float(times.system)))
     return total
 
 
@@ -96,7 +96,7 @@ async def _levels(ctx: Context, targets: list[tuple[peers.Server, Target]]) -> d
             c,
             per_slice,
             ctx.plan.frontend_tokens,
-            server_cpu=lambda server: frontend_cpu_seconds(server.pid),
+            server_cpu=lambda server: frontend_cpu_times(server.pid),
             first=turn,
             settle_s=ctx.plan.frontend_settle_s,
         )
@@ -105,8 +105,10 @@ async def _levels(ctx: Context, targets: list[tuple[peers.Server, Target]]) -> d
             s = ctx.summarise(share.records, share.seconds)
             tokens = s["total_output_tokens"]
             s["slices"] = slices
-            s["frontend_cpu_s"] = share.server_cpu
-            s["frontend_us_per_token"] = share.server_cpu / tokens * 1e6 if tokens else None
+            cpu = share.server_cpu
+            s["frontend_cpu_s"] = cpu.total
+            s["frontend_us_per_token"] = cpu.total / tokens * 1e6 if tokens else None
+            s["frontend_system_us_per_token"] = cpu.system / tokens * 1e6 if tokens else None
             servers[name][str(c)] = s
             ctx.ui.note(
                 f"{name} c={c}: {s['output_throughput']:.0f} tok/s, TTFT p50 {s['ttft_ms']['p50'] or 0:.0f} ms,"

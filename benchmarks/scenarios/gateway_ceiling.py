@@ -85,7 +85,7 @@ async def _passes(ctx: Context, routes: dict[str, tuple[peers.Server, Target]]) 
         plan.ceiling_users,
         plan.ceiling_requests,
         plan.ceiling_tokens,
-        server_cpu=lambda server: server.cpu_seconds(),
+        server_cpu=lambda server: server.cpu_times(),
     )
     return {
         name: _figures(ctx.summarise(share.records, share.seconds), share.server_cpu, share.client_cpu)
@@ -93,19 +93,28 @@ async def _passes(ctx: Context, routes: dict[str, tuple[peers.Server, Target]]) 
     }
 
 
-def _figures(load: Figures, server_cpu: float, client_cpu: float) -> Figures:
+def _figures(load: Figures, server_cpu: peers.CPUTimes, client_cpu: float) -> Figures:
     tokens = load["total_output_tokens"]
     wall = load["duration_s"]
+    cpu = server_cpu.total
+
+    def per_token(seconds: float) -> float | None:
+        return seconds / tokens * 1e6 if tokens else None
+
     return {
         "load": load,
         "tokens": tokens,
-        "gateway_cpu_s": server_cpu,
+        "gateway_cpu_s": cpu,
         "client_cpu_s": client_cpu,
-        "gateway_us_per_token": server_cpu / tokens * 1e6 if tokens else None,
-        "gateway_tokens_per_s_per_core": tokens / server_cpu if server_cpu else None,
-        "gateway_cpu_utilisation": server_cpu / wall if wall else None,
+        "gateway_us_per_token": per_token(cpu),
+        # The kernel's part is mostly the socket writes, one a token: it moves with the machine
+        # more than the gateway's own Python does (benchmarks/results/2026-11-30-frontend).
+        "gateway_user_us_per_token": per_token(server_cpu.user),
+        "gateway_system_us_per_token": per_token(server_cpu.system),
+        "gateway_tokens_per_s_per_core": tokens / cpu if cpu else None,
+        "gateway_cpu_utilisation": cpu / wall if wall else None,
         "client_cpu_utilisation": client_cpu / wall if wall else None,
-        "client_us_per_token_raw": client_cpu / tokens * 1e6 if tokens else None,
+        "client_us_per_token_raw": per_token(client_cpu),
     }
 
 

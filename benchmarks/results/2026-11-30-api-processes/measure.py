@@ -23,7 +23,7 @@ import httpx
 from benchmarks.client import OpenAIChatTarget
 from benchmarks.client.load import fixed_concurrency
 from benchmarks.records import summarise
-from benchmarks.scenarios.frontend import frontend_cpu_seconds
+from benchmarks.scenarios.frontend import frontend_cpu_times
 
 MODEL = "/work/main/models/tiny"
 REDIS = "redis://127.0.0.1:6391"
@@ -59,9 +59,9 @@ async def levels(url: str, pid: int) -> dict[int, dict[str, Any]]:
     figures: dict[int, dict[str, Any]] = {}
     for c in LEVELS:
         target = OpenAIChatTarget("gateway", url, "tiny")
-        before, load_before = frontend_cpu_seconds(pid), os.getloadavg()[0]
+        before, load_before = frontend_cpu_times(pid).total, os.getloadavg()[0]
         result = await fixed_concurrency(target, c, 2 * c, 128)
-        cpu = frontend_cpu_seconds(pid) - before
+        cpu = frontend_cpu_times(pid).total - before
         await target.close()
         s = summarise(result.records, result.duration)
         tokens = s["total_output_tokens"]
