@@ -36,6 +36,12 @@ class CPUTimes(NamedTuple):
     def total(self) -> float:
         return self.user + self.system
 
+    @classmethod
+    def of(cls, process: psutil.Process) -> CPUTimes:
+        """`process`'s own CPU so far (not its children's)."""
+        times = process.cpu_times()
+        return cls(float(times.user), float(times.system))
+
     def plus(self, other: CPUTimes) -> CPUTimes:
         return CPUTimes(self.user + other.user, self.system + other.system)
 
@@ -61,8 +67,7 @@ class Server:
 
     def cpu_times(self) -> CPUTimes:
         """CPU of the server process alone (not the engine-core child)."""
-        times = psutil.Process(self.pid).cpu_times()
-        return CPUTimes(float(times.user), float(times.system))
+        return CPUTimes.of(psutil.Process(self.pid))
 
     def kill(self) -> None:
         """SIGKILL the peer and every process it started, at once: a crashed machine."""

@@ -20,6 +20,11 @@ from benchmarks.ui import UI
 Figures = dict[str, Any]
 
 
+def us_per_token(seconds: float, tokens: int) -> float | None:
+    """CPU `seconds` spread over `tokens` streamed tokens, in µs (None: no token came)."""
+    return seconds / tokens * 1e6 if tokens else None
+
+
 @dataclass
 class Share:
     """What one target got over its turns (`Context.take_turns`): its requests, their seconds, the CPU spent."""

@@ -24,7 +24,7 @@ import psutil  # type: ignore[import-untyped]
 from benchmarks import peers
 from benchmarks.client import ChatStreamTarget, OpenAIChatTarget, Target
 from benchmarks.scenarios.checks import at_least, at_most, ratio
-from benchmarks.scenarios.context import Context, Figures
+from benchmarks.scenarios.context import Context, Figures, us_per_token
 
 _ENGINE_PROCESSES = ("VLLM::EngineCore", "VLLM::Worker", "VLLM::DPCoordinator")
 
@@ -38,10 +38,10 @@ def frontend_cpu_times(pid: int) -> peers.CPUTimes:
             cmdline = process.cmdline()
             if cmdline and cmdline[0].startswith(_ENGINE_PROCESSES):
                 continue
-            times = process.cpu_times()
+            times = peers.CPUTimes.of(process)
         except psutil.NoSuchProcess:  # a short-lived helper process ended meanwhile
             continue
-        total = total.plus(peers.CPUTimes(float(times.user), float(times.system)))
+        total = total.plus(times)
     return total
 
 
@@ -107,8 +107,8 @@ async def _levels(ctx: Context, targets: list[tuple[peers.Server, Target]]) -> d
             s["slices"] = slices
             cpu = share.server_cpu
             s["frontend_cpu_s"] = cpu.total
-            s["frontend_us_per_token"] = cpu.total / tokens * 1e6 if tokens else None
-            s["frontend_system_us_per_token"] = cpu.system / tokens * 1e6 if tokens else None
+            s["frontend_us_per_token"] = us_per_token(cpu.total, tokens)
+            s["frontend_system_us_per_token"] = us_per_token(cpu.system, tokens)
             servers[name][str(c)] = s
             ctx.ui.note(
                 f"{name} c={c}: {s['output_throughput']:.0f} tok/s, TTFT p50 {s['ttft_ms']['p50'] or 0:.0f} ms,"

@@ -20,7 +20,7 @@ import httpx
 from benchmarks import peers
 from benchmarks.client import ChatStreamTarget, OpenAIChatTarget, SSEDecoder, Target, make_prompt
 from benchmarks.scenarios.checks import at_least, ratio
-from benchmarks.scenarios.context import Context, Figures
+from benchmarks.scenarios.context import Context, Figures, us_per_token
 
 
 async def run(ctx: Context) -> None:
@@ -97,24 +97,20 @@ def _figures(load: Figures, server_cpu: peers.CPUTimes, client_cpu: float) -> Fi
     tokens = load["total_output_tokens"]
     wall = load["duration_s"]
     cpu = server_cpu.total
-
-    def per_token(seconds: float) -> float | None:
-        return seconds / tokens * 1e6 if tokens else None
-
     return {
         "load": load,
         "tokens": tokens,
         "gateway_cpu_s": cpu,
         "client_cpu_s": client_cpu,
-        "gateway_us_per_token": per_token(cpu),
+        "gateway_us_per_token": us_per_token(cpu, tokens),
         # The kernel's part is mostly the socket writes, one a token: it moves with the machine
         # more than the gateway's own Python does (benchmarks/results/2026-11-30-frontend).
-        "gateway_user_us_per_token": per_token(server_cpu.user),
-        "gateway_system_us_per_token": per_token(server_cpu.system),
+        "gateway_user_us_per_token": us_per_token(server_cpu.user, tokens),
+        "gateway_system_us_per_token": us_per_token(server_cpu.system, tokens),
         "gateway_tokens_per_s_per_core": tokens / cpu if cpu else None,
         "gateway_cpu_utilisation": cpu / wall if wall else None,
         "client_cpu_utilisation": client_cpu / wall if wall else None,
-        "client_us_per_token_raw": per_token(client_cpu),
+        "client_us_per_token_raw": us_per_token(client_cpu, tokens),
     }
 
 
@@ -139,4 +135,4 @@ async def _client_cost_httpx(url: str, users: int, n: int) -> float | None:
         cpu0 = time.process_time()
         await asyncio.gather(*(user() for _ in range(users)))
         cpu = time.process_time() - cpu0
-    return cpu / tokens * 1e6 if tokens else None
+    return us_per_token(cpu, tokens)
