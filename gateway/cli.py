@@ -96,7 +96,7 @@ def serve(settings: Settings) -> None:
     )
     core = app.state.core
     watched = core.engine if settings.exit_on_engine_death else None
-    server = DrainingServer(config, core.admission, settings.drain_timeout, engine=watched)
+    server = DrainingServer(config, core.admission, settings.drain_timeout, engine=watched, watch_children=True)
     server.run()
     if not server.started:
         sys.exit(3)  # uvicorn's exit status for a failed start-up

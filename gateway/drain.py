@@ -29,6 +29,10 @@ the tokenizer leave over half a million objects that every full collection
 would walk, about a third of a second of the event loop each time here,
 which under load came to several µs per streamed token and a stall of every
 stream whenever it ran.
+
+A process killed outright runs none of this: with `watch_children`, the
+server starts a watchdog once its engine runs (gateway.processes.watchdog),
+which stops vLLM's processes should the server end without stopping them.
 """
 
 from __future__ import annotations
@@ -44,12 +48,17 @@ import uvicorn
 
 from gateway.core.claims import Admission
 from gateway.core.engine import Engine
+from gateway.processes.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 
 
 class DrainingServer(uvicorn.Server):
-    """A uvicorn server that drains `admission` on SIGTERM, stops if `engine` dies, and freezes its start-up heap."""
+    """A uvicorn server that drains `admission` on SIGTERM, stops if `engine` dies, and freezes its start-up heap.
+
+    With `watch_children`, a watchdog stops the process's children (vLLM's engine
+    core) if the process ends without stopping them.
+    """
 
     def __init__(
         self,
@@ -57,19 +66,29 @@ class DrainingServer(uvicorn.Server):
         admission: Admission,
         drain_timeout: float,
         engine: Engine | None = None,
+        watch_children: bool = False,
     ) -> None:
         super().__init__(config)
         self.admission = admission
         self.drain_timeout = drain_timeout
         self.engine = engine
         self.engine_died = False
+        self.watch_children = watch_children
+        self.watchdog: Watchdog | None = None
         self._drain_task: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
+        await super().startup(sockets)  # the lifespan has started the engine: its processes run
+        if self.watch_children:
+            self.watchdog = Watchdog.start()
         # The start-up's garbage goes first, then what is left of it is never scanned again.
         gc.collect()
         gc.freeze()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)  # the lifespan has stopped the engine
+        if self.watchdog is not None:
+            self.watchdog.close()
 
     async def on_tick(self, counter: int) -> bool:
         # uvicorn ticks every 0.1 s; look at the engine once a second.

@@ -62,6 +62,14 @@ def _stop(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, ti
         return process.wait(10)
 
 
+def ended(process: psutil.Process) -> bool:
+    """`process` has exited (a zombie has: whether its new parent, init, reaps it soon is not for a test to say)."""
+    try:
+        return bool(process.status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+
+
 class RedisServer:
     """redis-server without persistence; `stop()` and `start()` again keep the port."""
 

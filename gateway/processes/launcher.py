@@ -19,6 +19,8 @@ generations with 503 and `/ready` answers 503; admitted ones run for up to
 uvicorn's few seconds' grace), then the engine core. SIGINT, or a second SIGTERM, skips the drain. A front
 end or the engine core that dies stops the rest, and the exit status is 1
 (3 if a front end could not start), for a supervisor to restart the gateway.
+Should this process itself be killed outright, a watchdog
+(gateway.processes.watchdog) stops the front ends and the engine core.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from types import FrameType
 
 from gateway.core.admission import AdmissionController
 from gateway.processes.coordinator import AdmissionCoordinator
+from gateway.processes.watchdog import Watchdog
 from gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -71,6 +74,7 @@ def serve_processes(settings: Settings) -> int:
         listeners = bind_engine_zmq_listeners(vllm_config, count)
         front_ends = None
         engines = None
+        watchdog = None
         try:
             with launch_core_engines(vllm_config, Executor.get_class(vllm_config), True, listeners.addresses) as launch:
                 engines = launch.engine_manager
@@ -89,6 +93,7 @@ def serve_processes(settings: Settings) -> int:
             admission = AdmissionController(
                 settings.concurrency, settings.queue_size, token_budget=settings.token_budget
             )
+            watchdog = Watchdog.start()  # every child runs now: the engine core and the front ends
             engine_processes = list(getattr(engines, "processes", []))
             supervisor = _Supervisor(AdmissionCoordinator(admission), front_ends.processes, engine_processes)
             return asyncio.run(supervisor.run(link, settings.drain_timeout))
@@ -97,6 +102,8 @@ def serve_processes(settings: Settings) -> int:
                 front_ends.shutdown(timeout=FRONT_END_GRACE)
             if engines is not None:
                 engines.shutdown()
+            if watchdog is not None:
+                watchdog.close()
             listeners.cleanup()
             del listeners  # now, not at interpreter exit (where its __del__ fails on a torn-down module)
             sock.close()

@@ -9,7 +9,7 @@ figures (the inter-token gaps and the engine's figures included); each
 completion state reaches the log line of the process that served the request;
 a conversation kept in the database (`--conversation-db`) continues in either
 process and is locked across both; SIGTERM drains both processes and stops
-every child.
+every child; SIGKILL stops them too (the watchdog does).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import psutil
 import pytest
 
 from tests.gateway_app import metric
-from tests.servers import Gateway, RedisServer
+from tests.servers import Gateway, RedisServer, ended
 from tests.sse_client import eventually, parse_sse
 
 pytestmark = pytest.mark.engine
@@ -391,3 +391,25 @@ async def test_sigterm_drains_both_processes_and_stops_every_child(gateway: Gate
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, alive
     assert served(gateway)["drained-1"][1] == "success"
+
+
+async def test_a_gateway_killed_outright_leaves_no_front_end_and_no_engine_process_running(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    store = f"sqlite:///{tmp_path / 'sessions.db'}"  # one every process shares
+    gateway = Gateway(tmp_path, tiny_model_dir, "--api-processes", "2", "--session-store", store)
+    await asyncio.to_thread(gateway.start)
+    assert gateway.process is not None
+    try:
+        tree = psutil.Process(gateway.process.pid).children(recursive=True)
+        names = [p.name() for p in tree]
+        assert any("EngineCore" in name for name in names) and sum("APIServer" in name for name in names) == 2, names
+        gateway.process.kill()
+        await asyncio.to_thread(gateway.process.wait, 10)
+        await eventually(lambda: all(ended(p) for p in tree), timeout=60)
+        assert "ended without stopping its child processes" in gateway.log.read_text()
+    finally:
+        gateway.stop()
+        for process in tree:
+            if not ended(process):
+                process.kill()
