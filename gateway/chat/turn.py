@@ -19,7 +19,7 @@ from gateway.chat.schema import ChatStreamBody
 from gateway.chat.sse import ChatSSE
 from gateway.conversations import Conversation
 from gateway.core import CompletionCallback, GenerationRequest, Outcome
-from gateway.core.errors import BadChatRequest, GatewayError
+from gateway.core.errors import BadChatRequest, GatewayError, SessionStoreUnavailable
 
 if TYPE_CHECKING:
     from gateway.chat.chat_stream import ChatStream
@@ -90,19 +90,31 @@ class ChatTurn(Response):
             arrived_at=self.arrived_at,
         )
         max_history = core.config.max_history_messages
+        kept = False
+
+        async def keep(outcome: Outcome) -> None:
+            """Save the conversation with what the client received of the answer, once."""
+            nonlocal kept
+            kept = True  # tried once, never again: the client was told what this write did
+            if outcome.parts_sent:
+                prompt.add_assistant(outcome.sent_text)
+                prompt.forget_oldest(max_history)
+            else:  # nothing reached the client: the conversation is as it was
+                prompt.restore(snapshot)
+            try:
+                await conversation.save()
+            except SessionStoreUnavailable as err:
+                raise SessionStoreUnavailable(f"this answer may not have been saved: {err.message}") from err
 
         async def on_end(outcome: Outcome) -> None:
             try:
-                if outcome.parts_sent:
-                    prompt.add_assistant(outcome.sent_text)
-                    prompt.forget_oldest(max_history)
-                else:  # nothing reached the client: the conversation is as it was
-                    prompt.restore(snapshot)
-                await conversation.save()
+                if not kept:  # the answer did not complete (the client left, the engine failed)
+                    await keep(outcome)
             finally:
                 await conversation.close()
 
-        await core.run(self.request, send, gen, ChatSSE(request_id), on_end, self.callback)
+        # A complete answer is saved before its `done` event: `done` means the next turn continues it.
+        await core.run(self.request, send, gen, ChatSSE(request_id), on_end, self.callback, on_complete=keep)
 
 
 async def _abandon(conversation: Conversation) -> None:

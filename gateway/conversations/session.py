@@ -57,7 +57,7 @@ class SessionConversation:
     async def close(self) -> None:
         lock, self._lock = self._lock, None
         if lock is not None:
-            await self._context.store.unlock(*lock)
+            await store_call(self._context.store.unlock(*lock), "session store")
 
     async def clear(self) -> None:
         self.prompt.clear()

@@ -108,12 +108,17 @@ class GenerationRunner:
         callback: CompletionCallback | None,
         *,
         on_start: OnStart | None = None,
+        on_complete: OnEnd | None = None,
     ) -> None:
         """Serve `gen` on this connection. `on_end` runs once, always; `callback` once if queued.
 
         `on_start` runs once the generation holds its slot, before the engine has it (a
         background response is stored `in_progress` there); a generation that never gets
-        its slot never runs it.
+        its slot never runs it. `on_complete` runs once the engine has finished and the
+        client has every output, before the format's `done` tells the client the answer is
+        complete: what must hold by then (the conversation saved). A GatewayError it raises
+        is what the client is told instead (an error event), and the generation ends as an
+        error.
         """
         outcome = Outcome()
         stream = Stream(send, fmt, gen.headers, self.limits.send_timeout, direct_send(request.scope))
@@ -139,7 +144,9 @@ class GenerationRunner:
         # it is suspended in. The request's task sits under the whole middleware and
         # routing stack (about twenty frames); a task of its own, under three.
         serving.task = task = asyncio.create_task(
-            self._serve_and_finish(request, ticket, gen, outcome, stream, serving, on_start, on_end, callback)
+            self._serve_and_finish(
+                request, ticket, gen, outcome, stream, serving, on_start, on_complete, on_end, callback
+            )
         )
         serving.watcher = asyncio.create_task(self._watch_disconnect(request, stream, outcome, serving))
         try:
@@ -165,12 +172,13 @@ class GenerationRunner:
         stream: Stream,
         serving: Serving,
         on_start: OnStart | None,
+        on_complete: OnEnd | None,
         on_end: OnEnd,
         callback: CompletionCallback | None,
     ) -> None:
         try:
             serving.allow_cuts()
-            await self._serve(ticket, gen, outcome, stream, serving, on_start)
+            await self._serve(ticket, gen, outcome, stream, serving, on_start, on_complete)
         except asyncio.CancelledError:
             # Cut (see `Serving.cut`); whoever cut recorded why (a server's cancel records
             # nothing: the finish records an error).
@@ -213,6 +221,7 @@ class GenerationRunner:
         stream: Stream,
         serving: Serving,
         on_start: OnStart | None,
+        on_complete: OnEnd | None,
     ) -> None:
         user_class = ticket.principal.user_class
         try:
@@ -237,12 +246,14 @@ class GenerationRunner:
 
         serving.keeper = asyncio.create_task(self._keep_alive(stream, outcome, serving))
         try:
-            await self._pump(gen, outcome, stream)
+            if await self._pump(gen, outcome, stream):
+                await self._complete(gen, outcome, stream, serving, on_complete)
         except ClientGone:
             stream.closed = True
             outcome.client_left()
 
-    async def _pump(self, gen: GenerationRequest, outcome: Outcome, stream: Stream) -> None:
+    async def _pump(self, gen: GenerationRequest, outcome: Outcome, stream: Stream) -> bool:
+        """Stream the engine's outputs to the client; True if the engine finished the generation."""
         fmt = stream.fmt
         outcome.engine_started = True
         path = TokenPath(self.metrics, gen, outcome, stream)
@@ -273,11 +284,27 @@ class GenerationRunner:
             err = EngineUnavailable("the engine stopped while generating this answer", retry_after=5)
             outcome.fail(err)
             await stream.fail(outcome, err)
-            return
+            return False
         finally:
             path.parked = False  # whatever comes now is the pump's to send
+        return True
+
+    async def _complete(
+        self, gen: GenerationRequest, outcome: Outcome, stream: Stream, serving: Serving, on_complete: OnEnd | None
+    ) -> None:
+        """The client has the whole answer: `on_complete`, then `done` (or what `on_complete` failed with)."""
+        if on_complete is not None:
+            serving.hold_cuts()  # a store write: never cut halfway
+            try:
+                await on_complete(outcome)
+            except GatewayError as err:
+                logger.warning("request %s: the answer was sent, but what completes it failed: %s", gen.request_id, err)
+                outcome.fail(err)
+                await stream.fail(outcome, err)
+                return
+            serving.allow_cuts()
         # The response stays open until _finish has run on_end (see there).
-        await stream.body(fmt.done(outcome))
+        await stream.body(stream.fmt.done(outcome))
         outcome.parts_sent = len(outcome.text_parts)
         outcome.end(CompletionState.SUCCESS)
 
@@ -345,6 +372,8 @@ class GenerationRunner:
         assert state is not None
         try:
             await on_end(outcome)
+        except GatewayError as err:  # a store away: its failure is logged where it happened, by kind
+            logger.warning("finishing request %s failed: %s", gen.request_id, err)
         except Exception:
             logger.exception("finishing request %s failed", gen.request_id)
         if state is CompletionState.SUCCESS:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,13 +84,15 @@ def recording_callback(ended: list[Ended]) -> Callable[[Request, CompletionState
 
 
 @asynccontextmanager
-async def running_gateway(engine: FakeEngine | None = None, **chat_kwargs: Any) -> AsyncIterator[Gateway]:
+async def running_gateway(
+    engine: FakeEngine | None = None, store: MemoryStore | None = None, **chat_kwargs: Any
+) -> AsyncIterator[Gateway]:
     """create_app around a ChatStream over the fake engine, on a live server, recording every callback."""
     engine = engine or FakeEngine()
     chat = ChatStream(engine=engine, **chat_kwargs)
     ended: list[Ended] = []
     settings = Settings(session_secret=[SECRET], secure_cookies=False)
-    store = MemoryStore()
+    store = MemoryStore() if store is None else store  # (an empty store is falsy: it has a length)
     app = create_app(settings, chat_stream=chat, callback=recording_callback(ended), store=store)
     async with serve(app) as url:
         yield Gateway(url, engine, chat, store, ended)
@@ -311,6 +313,47 @@ async def test_engine_failure_mid_stream_sends_an_error_event() -> None:
         assert ended[0].messages[-1] == {"role": "assistant", "content": engine.answer[:3]}
         await gw.wait_load(0, 0)
         assert engine.num_unfinished() == 0
+
+
+class AwayStore(MemoryStore):
+    """A memory store whose writes fail while `away`, as Redis or a database that has gone away."""
+
+    away = False
+
+    async def save(self, session_id: str, changed: Mapping[str, Any], removed: Iterable[str]) -> None:
+        if self.away:
+            raise ConnectionError("the store went away")
+        await super().save(session_id, changed, removed)
+
+
+async def test_an_answer_the_store_could_not_save_ends_with_an_error_event_not_done(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Regression: `done` went out before the save, so the client took for saved an answer the store never got.
+    store = AwayStore()
+    async with running_gateway(store=store) as gw, gw.client() as client:
+        first, _ = await chat_turn(client, "first")
+        assert first.status_code == 200
+        store.away = True
+        response, events = await chat_turn(client, "second")
+        assert response.status_code == 200
+        assert [e.event for e in events][-2:] == ["delta", "error"]
+        assert answer_of(events) == gw.engine.answer  # the client keeps the whole answer it was sent
+        assert events[-1].data["error"] == {
+            "type": "session_store_unavailable",
+            "message": "this answer may not have been saved: the session store is unavailable",
+        }
+        await gw.wait_ended(2)
+        assert gw.states() == [CompletionState.SUCCESS, CompletionState.UNKNOWN_ERROR_OCCURRED]
+        await gw.wait_load(0, 0)
+        store.away = False
+        answer = {"role": "assistant", "content": gw.engine.answer}
+        assert await messages_of(client) == [{"role": "user", "content": "first"}, answer]
+        third, _ = await chat_turn(client, "third")  # the lock was released: no 409
+        assert third.status_code == 200
+        contents = [m["content"] for m in await messages_of(client)]
+        assert contents == ["first", gw.engine.answer, "third", gw.engine.answer]
+    assert not [r for r in caplog.records if r.exc_info], "a store away is no traceback in the log"
 
 
 async def test_engine_failure_before_the_first_delta_is_a_json_error_and_rolls_back() -> None:

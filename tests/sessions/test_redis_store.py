@@ -18,6 +18,7 @@ from tests.fakes import FakeEngine
 from tests.live import serve
 from tests.servers import RedisServer
 from tests.sessions.support import ManualSleep
+from tests.sse_client import answer_of, eventually, parse_sse
 
 
 @pytest.fixture
@@ -197,6 +198,35 @@ async def test_an_outage_fails_fast_and_the_store_recovers_when_redis_returns(
     # Same store object, same pool: it reconnects by itself (this Redis keeps nothing on disk).
     await store.save(sid, {"a": 3}, ())
     assert await store.load(sid) == {"a": 3}
+
+
+async def test_redis_gone_before_an_answer_is_saved_is_an_error_event_and_the_saved_turns_stay(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    # Regression: the client got `done` for an answer that Redis never received. Redis refuses
+    # writes as a replica left read-only by a failover does (a hung Redis may still apply a
+    # write that timed out, once it resumes: that answer "may not" have been saved).
+    engine = FakeEngine()
+    store = RedisStore.from_url(redis_server.url, prefix=prefix, socket_timeout=0.5)
+    settings = Settings(session_secret=["redis-test-secret-0123456789"], secure_cookies=False)
+    app = create_app(settings, chat_stream=ChatStream(engine=engine), store=store)
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        assert (await client.post("/chat_stream", json={"user_input": "first"})).status_code == 200
+        engine.gate, engine.gate_after = asyncio.Event(), 1
+        async with client.stream("POST", "/chat_stream", json={"user_input": "second"}) as response:
+            await eventually(lambda: engine.at_gate == 1)
+            await store.client.config_set("min-replicas-to-write", 1)  # every write: NOREPLICAS
+            try:
+                engine.gate.set()
+                body = (await response.aread()).decode()
+            finally:
+                await store.client.config_set("min-replicas-to-write", 0)
+        events = parse_sse(body)
+        assert answer_of(events) == engine.answer and [e.event for e in events][-1] == "error"
+        assert events[-1].data["error"]["type"] == "session_store_unavailable"
+        saved = (await client.get("/get_prompt")).json()["messages"]
+        assert [m["content"] for m in saved] == ["first", engine.answer]
+    await store.close()
 
 
 def test_the_gateway_selects_redis_from_settings(redis_server: RedisServer) -> None:
