@@ -1,4 +1,4 @@
-"""A fake engine behind the gateway's Engine protocol, for fast tests.
+"""A fake engine behind the gateway's Engine protocol, for fast tests, and a store that can go away.
 
 It "generates" a scripted answer one character per token, and lets a test
 hold generations at a gate, slow them down, make them fail, or have them
@@ -8,10 +8,12 @@ refused as vLLM refuses a request it cannot run (before accepting it).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from typing import Any
 
 from gateway.core.engine import ACCEPTED, Engine, EngineDead, EngineOutput, EngineStats, OutputSink, SamplingOptions
 from gateway.core.errors import GatewayError
+from gateway.sessions import MemoryStore
 from prompts import Tokenizer
 
 
@@ -205,3 +207,14 @@ class PacedEngine:
 
     def stats(self) -> EngineStats | None:
         return self._engine.stats()
+
+
+class AwayStore(MemoryStore):
+    """A memory store whose writes fail while `away`, as Redis or a database that has gone away."""
+
+    away = False
+
+    async def save(self, session_id: str, changed: Mapping[str, Any], removed: Iterable[str]) -> None:
+        if self.away:
+            raise ConnectionError("the store went away")
+        await super().save(session_id, changed, removed)

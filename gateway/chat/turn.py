@@ -104,7 +104,9 @@ class ChatTurn(Response):
             try:
                 await conversation.save()
             except SessionStoreUnavailable as err:
-                raise SessionStoreUnavailable(f"this answer may not have been saved: {err.message}") from err
+                raise SessionStoreUnavailable(
+                    f"this answer may not have been saved: {err.message}", retry_after=err.retry_after
+                ) from err
 
         async def on_end(outcome: Outcome) -> None:
             try:

@@ -298,7 +298,7 @@ class GenerationRunner:
             try:
                 await on_complete(outcome)
             except GatewayError as err:
-                logger.warning("request %s: the answer was sent, but what completes it failed: %s", gen.request_id, err)
+                logger.warning("request %s: completing the answer failed: %s", gen.request_id, err)
                 outcome.fail(err)
                 await stream.fail(outcome, err)
                 return

@@ -26,8 +26,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.responses import JSONResponse, Response
 
 from gateway.core import Core, GenerationRequest, Outcome
-from gateway.core.completion import CompletionState
-from gateway.core.errors import BadChatRequest, GatewayError, SessionTooLarge
+from gateway.core.errors import BadChatRequest, GatewayError, SessionStoreUnavailable, SessionTooLarge
 from gateway.http.auth import PRINCIPAL_STATE
 from gateway.http.limits import read_body
 from gateway.openai.background import BackgroundRuns
@@ -90,8 +89,10 @@ class ResponsesRoutes:
         head = _response_head(req, gen, prepared)
         fmt = ResponsesFormat(prepared.spec, prepared.prompts[0].token_ids, head)
         if not req.background:
-            on_end = self._recorder(fmt, req, owner, new_items, conversation)
-            return GenerationResponse(self.core, request, gen, fmt, on_end, self.routes.callback)
+            keep = self._keeper(fmt, req, owner, new_items, conversation)
+            # Stored before `response.completed` (or the JSON body) says so: on a store that fails,
+            # the client is told instead, and a response that did not complete continues nothing.
+            return GenerationResponse(self.core, request, gen, fmt, _nothing, self.routes.callback, on_complete=keep)
         queued = {**head, "status": "queued"}
         try:
             lease = self.background.lease_fields()
@@ -111,6 +112,33 @@ class ResponsesRoutes:
         config = self.core.config
         return LogStream(log, after, ping_interval=config.ping_interval, send_timeout=config.send_timeout)
 
+    def _keeper(
+        self,
+        fmt: ResponsesFormat,
+        req: ResponsesRequest,
+        owner: str,
+        new_items: list[dict[str, Any]],
+        conversation: str | None,
+    ) -> Callable[[Outcome], Awaitable[None]]:
+        """What a completed response stores, before the client is told it is complete."""
+
+        async def keep(outcome: Outcome) -> None:
+            final = fmt.finish(outcome)
+            try:
+                if req.store:
+                    try:
+                        await self.store.save_response(final, owner, new_items, req.previous_response_id)
+                    except SessionTooLarge as err:  # the client has its answer; only the record is missing
+                        logger.warning("response %s was answered but not stored: %s", final["id"], err.message)
+                if conversation is not None:
+                    await self.store.append(conversation, owner, [*new_items, *final["output"]])
+            except SessionStoreUnavailable as err:
+                raise SessionStoreUnavailable(
+                    f"this response may not have been stored: {err.message}", retry_after=err.retry_after
+                ) from err
+
+        return keep
+
     def _recorder(
         self,
         fmt: ResponsesFormat,
@@ -119,23 +147,14 @@ class ResponsesRoutes:
         new_items: list[dict[str, Any]],
         conversation: str | None,
         *,
-        queued: dict[str, Any] | None = None,
+        queued: dict[str, Any],
     ) -> Callable[[Outcome], Awaitable[None]]:
-        """What the end of a generation stores. `queued`: a background response, stored already as that."""
+        """What the end of a background response stores (`queued`: as it was stored when it was queued)."""
 
         async def record(outcome: Outcome) -> None:
-            final = fmt.final
-            if queued is not None:
-                final = await self.background.record_end(queued["id"], owner, outcome, final, queued)
-                if final is None or final["status"] == "failed":
-                    return
-            elif outcome.state is not CompletionState.SUCCESS or final is None:
-                return  # a failed or abandoned answer continues nothing
-            elif req.store:
-                try:
-                    await self.store.save_response(final, owner, new_items, req.previous_response_id)
-                except SessionTooLarge as err:  # the client has its answer; only the record is missing
-                    logger.warning("response %s was answered but not stored: %s", final["id"], err.message)
+            final = await self.background.record_end(queued["id"], owner, outcome, fmt.final, queued)
+            if final is None or final["status"] == "failed":
+                return
             if conversation is not None:
                 await self.store.append(conversation, owner, [*new_items, *final["output"]])
 
@@ -252,3 +271,7 @@ def add_responses_routes(app: FastAPI, routes: OpenAIRoutes, store: ResponseStor
         generations=[("/v1/responses", responses.create, RESPONSES_DOC)],
     )
     return responses
+
+
+async def _nothing(outcome: Outcome) -> None:
+    """The end of a response that is not in the background: a completed one was stored before it."""

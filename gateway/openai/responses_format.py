@@ -206,22 +206,30 @@ class ResponsesFormat:
 
     # --- at the end ----------------------------------------------------------------------------
 
+    def finish(self, outcome: Outcome) -> dict[str, Any]:
+        """The finished response, built once: it is stored before `done` tells the client it is complete."""
+        if self.final is None:
+            if self.streaming:
+                # The events that close the stream's items go out ahead of whatever comes next:
+                # `response.completed`, or `response.failed` if storing the response fails.
+                self._queue.insert(0, self._start())
+                if not self._items:  # an empty answer is still one (empty) message
+                    self._item("message")
+                self._close_open_into(self._queue)
+                for item in self._calls.values():
+                    self._queue.append(self._closing(item))
+                output = [self._shape(item) for item in self._items]
+            else:
+                output = self._whole()
+            self.final = self._finished(outcome, output)
+        return self.final
+
     def done(self, outcome: Outcome) -> bytes:
-        if self.streaming:
-            out = self._start()
-            if not self._items:  # an empty answer is still one (empty) message
-                self._item("message")
-            self._close_open_into(self._queue)
-            for item in self._calls.values():
-                self._queue.append(self._closing(item))
-            output = [self._shape(item) for item in self._items]
-        else:
-            out, output = b"", self._whole()
-        self.final = self._finished(outcome, output)
+        final = self.finish(outcome)
         if not self.streaming:
-            return dumps(self.final)
-        kind = "response.incomplete" if self.final["status"] == "incomplete" else "response.completed"
-        return out + self._event(kind, response=self.final)
+            return dumps(final)
+        kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+        return self._event(kind, response=final)
 
     def _whole(self) -> list[dict[str, Any]]:
         text, reason = "".join(self._parts), self._finish_reason or "stop"

@@ -55,13 +55,16 @@ class GenerationResponse(Response):
         fmt: StreamFormat,
         on_end: OnEnd,
         callback: CompletionCallback | None,
+        *,
+        on_complete: OnEnd | None = None,
     ) -> None:
         super().__init__()
         self.core, self.request, self.gen, self.fmt, self.callback = core, request, gen, fmt, callback
-        self.on_end = on_end
+        self.on_end, self.on_complete = on_end, on_complete
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.core.run(self.request, send, self.gen, self.fmt, self.on_end, self.callback)
+        run = self.core.run
+        await run(self.request, send, self.gen, self.fmt, self.on_end, self.callback, on_complete=self.on_complete)
 
 
 class OpenAIRoutes:

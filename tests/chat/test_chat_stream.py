@@ -12,7 +12,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +24,7 @@ from itsdangerous import TimestampSigner
 
 from gateway import ChatStream, CompletionState, MemoryStore, SessionMiddleware, Settings, create_app
 from prompts import ChatPrompt, FormatName
-from tests.fakes import FakeEngine
+from tests.fakes import AwayStore, FakeEngine
 from tests.live import serve
 from tests.sse_client import Event, answer_of, eventually, first_event, hang_up, open_raw_post, parse_sse
 
@@ -313,17 +313,6 @@ async def test_engine_failure_mid_stream_sends_an_error_event() -> None:
         assert ended[0].messages[-1] == {"role": "assistant", "content": engine.answer[:3]}
         await gw.wait_load(0, 0)
         assert engine.num_unfinished() == 0
-
-
-class AwayStore(MemoryStore):
-    """A memory store whose writes fail while `away`, as Redis or a database that has gone away."""
-
-    away = False
-
-    async def save(self, session_id: str, changed: Mapping[str, Any], removed: Iterable[str]) -> None:
-        if self.away:
-            raise ConnectionError("the store went away")
-        await super().save(session_id, changed, removed)
 
 
 async def test_an_answer_the_store_could_not_save_ends_with_an_error_event_not_done(

@@ -17,7 +17,7 @@ import pytest
 
 from gateway import CompletionState
 from gateway.core.errors import BadChatRequest
-from tests.fakes import FakeEngine
+from tests.fakes import AwayStore, FakeEngine
 from tests.gateway_app import Gateway, running_gateway
 from tests.openai_spec import validate, validate_responses_sse
 from tests.sse_client import iter_events
@@ -366,3 +366,30 @@ async def test_an_answer_too_large_to_store_is_answered_and_the_log_says_it_was_
     warnings = [message for message in warnings if "not stored" in message]
     assert warnings and answered["id"] in warnings[0]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # a known limit, not a fault
+
+
+async def test_a_response_the_store_could_not_keep_is_failed_not_completed(fake_engine: FakeEngine) -> None:
+    # Regression: `response.completed` (or the JSON body) went out before the store was written, so
+    # the client was given an id that a later previous_response_id or GET answered with 404.
+    store = AwayStore()
+    store.away = True
+    async with (
+        running_gateway(fake_engine, store=store) as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=30) as client,
+    ):
+        r = await client.post("/v1/responses", json={"model": "fake-model", "input": "hi", "stream": True})
+        events = validate_responses_sse(r.text)
+        assert [e["type"] for e in events][-2:] == ["response.output_item.done", "response.failed"]
+        failed = events[-1]["response"]
+        assert failed["error"]["message"] == "this response may not have been stored: the response store is unavailable"
+        plain = await client.post("/v1/responses", json={"model": "fake-model", "input": "hi"})
+        assert error_of(plain, 503)["code"] == "session_store_unavailable" and "retry-after" in plain.headers
+        unstored = await respond(client, input="hi", store=False)  # asks for no record: the store is not needed
+        assert unstored["status"] == "completed"
+        assert await gw.wait_states(3) == [
+            CompletionState.UNKNOWN_ERROR_OCCURRED,
+            CompletionState.UNKNOWN_ERROR_OCCURRED,
+            CompletionState.SUCCESS,
+        ]
+        store.away = False
+        error_of(await client.get(f"/v1/responses/{failed['id']}"), 404)
