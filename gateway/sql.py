@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -54,13 +56,43 @@ async def _connect_sqlite(path: Path, schema: str, autocommit: bool) -> Any:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = await aiosqlite.connect(path, timeout=TIMEOUT, isolation_level=None if autocommit else "")
-    await conn.execute("PRAGMA journal_mode=WAL")
-    # Durable across a crash of the process (the case a restart test covers); only a power
-    # loss could cost the last transactions, and it saves an fsync per write.
-    await conn.execute("PRAGMA synchronous=NORMAL")
-    await conn.executescript(schema)
-    await conn.commit()
+
+    async def set_up() -> None:
+        await conn.execute("PRAGMA journal_mode=WAL")
+        # Durable across a crash of the process (the case a restart test covers); only a power
+        # loss could cost the last transactions, and it saves an fsync per write.
+        await conn.execute("PRAGMA synchronous=NORMAL")
+        await conn.executescript(schema)
+        await conn.commit()
+
+    try:
+        await _while_locked(set_up, conn)
+    except BaseException:
+        await conn.close()
+        raise
     return conn
+
+
+async def _while_locked(step: Callable[[], Awaitable[None]], conn: Any) -> None:
+    """`step`, again while SQLite says "database is locked", for up to TIMEOUT seconds.
+
+    The busy timeout does not cover it all: a connection turning a new file to WAL, or
+    creating the schema, while others open the same file (replicas or front ends starting
+    together, two stores of one process) is refused at once, without waiting, where
+    waiting could deadlock. Retried, each attempt finds the others done.
+    """
+    deadline = time.monotonic() + TIMEOUT
+    delay = 0.005
+    while True:
+        try:
+            await step()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+            await conn.rollback()
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 async def _create_postgres_pool(dsn: str, schema: str, timeout: float) -> Any:

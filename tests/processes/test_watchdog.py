@@ -35,13 +35,14 @@ PARENT = textwrap.dedent(
     sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
     with_grandchild = [sys.executable, "-c",
         "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']);"
-        "time.sleep(600)"]
+        "print('ready', flush=True); time.sleep(600)"]
     stubborn = [sys.executable, "-c",
         "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True);"
         "time.sleep(600)"]
     multiprocessing.resource_tracker.ensure_running()
-    children = [subprocess.Popen(with_grandchild), subprocess.Popen(sleeper)]
+    children = [subprocess.Popen(with_grandchild, stdout=subprocess.PIPE), subprocess.Popen(sleeper)]
     children.append(subprocess.Popen(stubborn, stdout=subprocess.PIPE))
+    children[0].stdout.readline()  # its own child runs
     children[-1].stdout.readline()  # its SIGTERM handler is in place
     watchdog = Watchdog.start(grace=float(sys.argv[1]))
     tracker = multiprocessing.resource_tracker._resource_tracker._pid
@@ -77,19 +78,20 @@ def parent(tmp_path: Path) -> Iterator[Parent]:
     with log.open("w") as stderr:
         command = [sys.executable, "-c", PARENT, "1.0"]  # a grace of 1 s
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
-    assert process.stdout is not None
-    started = json.loads(process.stdout.readline())
-    children = [psutil.Process(pid) for pid in started["children"]]
-    children += [grandchild for child in children for grandchild in child.children(recursive=True)]
-    assert len(children) == 4, "the stand-in's children did not all start"
-    watchdog = psutil.Process(started["watchdog"])
-    everything = [*children, watchdog]
+    assert process.stdin is not None and process.stdout is not None
+    everything: list[psutil.Process] = []
     try:
+        started = json.loads(process.stdout.readline())
+        children = [psutil.Process(pid) for pid in started["children"]]
+        children += [grandchild for child in children for grandchild in child.children(recursive=True)]
+        watchdog = psutil.Process(started["watchdog"])
+        everything = [*children, watchdog]
+        assert len(children) == 4, "the stand-in's children did not all start"
         yield Parent(process, started["children"], children, watchdog, psutil.Process(started["tracker"]), log)
     finally:
         process.kill()
         process.wait(10)
-        process.stdin.close()  # type: ignore[union-attr]
+        process.stdin.close()
         process.stdout.close()
         for leftover in everything:
             with contextlib.suppress(psutil.Error):
