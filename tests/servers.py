@@ -27,6 +27,7 @@ import psutil  # type: ignore[import-untyped]
 
 from benchmarks.peers.routers import nginx_command, render_nginx_conf, vllm_router_command
 from tests.live import free_port
+from tests.sse_client import eventually
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -260,6 +261,25 @@ class Gateway:
         finally:
             for process in engine:
                 process.resume()
+
+    async def kill_outright(self, timeout: float = 60) -> list[str]:
+        """SIGKILL the gateway alone, as the OOM killer would; the names of the processes it had.
+
+        Returns once every one of them has ended (the gateway's watchdog stops them); any
+        still running after `timeout` seconds is killed here and the wait fails.
+        """
+        assert self.process is not None
+        tree = psutil.Process(self.process.pid).children(recursive=True)
+        names = [p.name() for p in tree]
+        self.process.kill()
+        await asyncio.to_thread(self.process.wait, 10)
+        try:
+            await eventually(lambda: all(ended(p) for p in tree), timeout)
+        finally:
+            for process in tree:
+                if not ended(process):
+                    process.kill()
+        return names
 
     async def wait_exit(self, timeout: float) -> int:
         assert self.process is not None

@@ -30,7 +30,7 @@ import psutil
 import pytest
 
 from tests.gateway_app import metric
-from tests.servers import Gateway, RedisServer, ended
+from tests.servers import Gateway, RedisServer
 from tests.sse_client import eventually, parse_sse
 
 pytestmark = pytest.mark.engine
@@ -399,17 +399,10 @@ async def test_a_gateway_killed_outright_leaves_no_front_end_and_no_engine_proce
     store = f"sqlite:///{tmp_path / 'sessions.db'}"  # one every process shares
     gateway = Gateway(tmp_path, tiny_model_dir, "--api-processes", "2", "--session-store", store)
     await asyncio.to_thread(gateway.start)
-    assert gateway.process is not None
     try:
-        tree = psutil.Process(gateway.process.pid).children(recursive=True)
-        names = [p.name() for p in tree]
-        assert any("EngineCore" in name for name in names) and sum("APIServer" in name for name in names) == 2, names
-        gateway.process.kill()
-        await asyncio.to_thread(gateway.process.wait, 10)
-        await eventually(lambda: all(ended(p) for p in tree), timeout=60)
+        stopped = await gateway.kill_outright()
+        assert any("EngineCore" in name for name in stopped), stopped
+        assert sum("APIServer" in name for name in stopped) == 2, stopped
         assert "ended without stopping its child processes" in gateway.log.read_text()
     finally:
         gateway.stop()
-        for process in tree:
-            if not ended(process):
-                process.kill()
