@@ -23,7 +23,7 @@ from gateway import ChatStream, CompletionState, RedisStore, SessionStore, Setti
 from gateway.core.engine import Engine
 from gateway.core.vllm_engine import VLLMEngine
 from tests.browser import DESKTOP, PHONE, launch_chromium
-from tests.fakes import FakeEngine, PacedEngine
+from tests.fakes import AwayStore, FakeEngine, PacedEngine
 from tests.live import serve
 
 WAIT_MS = 120_000  # bound on every browser wait: the shared CPU is slow, never a timing assertion
@@ -299,6 +299,25 @@ async def test_regenerate_replaces_the_last_answer_on_the_page_and_the_server(
 async def fake_gateway(fake_engine: FakeEngine) -> AsyncIterator[Gateway]:
     async with run_gateway(fake_engine, lifespan="on") as gw:
         yield gw
+
+
+async def test_an_answer_the_server_could_not_save_is_shown_whole_and_marked_not_saved(
+    fake_engine: FakeEngine, open_page: OpenPage
+) -> None:
+    store = AwayStore()
+    async with run_gateway(fake_engine, lifespan="on", store=store) as gw:
+        page = await open_page(gw.url)
+        fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 1
+        await send(page, "Hello?")
+        async with asyncio.timeout(WAIT_MS / 1000):
+            while fake_engine.at_gate < 1:  # the turn's start is saved; its end will not be
+                await asyncio.sleep(0.01)
+        store.away = True
+        fake_engine.gate.set()
+        await gw.wait_for_ending(CompletionState.UNKNOWN_ERROR_OCCURRED)
+        await expect(page.locator(f"{ANSWER} .meta")).to_have_text("Not saved on the server.")
+        assert await page.inner_text(f"{ANSWER} .body") == fake_engine.answer
+        assert "could not save this answer" in await page.inner_text("#notice")
 
 
 async def test_a_full_queue_shows_the_busy_message_and_keeps_the_input(

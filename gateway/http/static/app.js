@@ -364,6 +364,10 @@
     } else if (turn.ending === "stopped") {
       setMeta(answer, "Stopped");
       announce("Answer stopped.");
+    } else if (turn.ending === "error" && turn.error.type === "session_store_unavailable") {
+      // The whole answer arrived; only the server's copy of the conversation may lack it.
+      setMeta(answer, "Not saved on the server.");
+      showNotice(`The server could not save this answer (${turn.error.message}); reloading the page may lose it.`);
     } else if (turn.ending === "error") {
       setMeta(answer, "The answer broke off because of a server error.");
       showNotice(`The answer broke off: ${turn.error.message || "server error"}.`);
