@@ -21,7 +21,7 @@ finds nothing left and exits. It ignores SIGINT, SIGTERM and SIGHUP: a Ctrl-C
 or a hang-up sent to the whole process group must leave it to do its job
 after the gateway's own stop.
 
-    python -m gateway.processes.watchdog --parent PID --grace S PID:START_TIME ...
+    python -P gateway/processes/watchdog.py --parent PID --grace S PID:START_TIME ...
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from collections.abc import Sequence
 
 import psutil  # type: ignore[import-untyped]
 
-logger = logging.getLogger("gateway.processes.watchdog")  # the same name when run with -m
+logger = logging.getLogger("gateway.processes.watchdog")  # the same name when run as a file
 
 GRACE = 10.0  # seconds between SIGTERM and SIGKILL: vLLM's engine core stops its workers in a few
 _TRACKER = "multiprocessing.resource_tracker"  # stops itself once its own pipe from the gateway ends
@@ -60,7 +60,9 @@ class Watchdog:
         children = [p for p in psutil.Process().children() if not _is_tracker(p)]
         if not children:
             return None
-        command = [sys.executable, "-m", "gateway.processes.watchdog", "--parent", str(os.getpid())]
+        # Run as a file, not `-m`: the gateway package is not imported (15 MB instead of 60).
+        # `-P`: this file's folder is not put first on the import path.
+        command = [sys.executable, "-P", os.path.abspath(__file__), "--parent", str(os.getpid())]
         command += ["--grace", str(grace), *(f"{p.pid}:{p.create_time()!r}" for p in children)]
         read, write = os.pipe()  # neither end is inherited by a child this process spawns later
         try:
