@@ -100,6 +100,10 @@ def test_gateway_ceiling_holds_every_pass_of_both_routes(results: dict[str, Any]
         user, kernel = route["gateway_user_us_per_token"], route["gateway_system_us_per_token"]
         assert 0 <= user <= route["gateway_us_per_token"] and 0 <= kernel <= route["gateway_us_per_token"]
         assert user + kernel == pytest.approx(route["gateway_us_per_token"])
+    floor = ceiling["floor"]  # one loop turn and one write a token: measured, in its own process
+    assert floor["streams"] == plan.ceiling_users and floor["tokens"] == plan.ceiling_users * plan.ceiling_tokens * 8
+    assert floor["us_per_token"] == pytest.approx(floor["user_us_per_token"] + floor["system_us_per_token"])
+    assert floor["us_per_token"] > 0
 
 
 def test_overload_accounts_for_every_request(results: dict[str, Any]) -> None:

@@ -5,7 +5,9 @@ with a baseline checkout (`--baseline`) the same two against it, in the same
 run: both gateways run throughout and the routes take their passes in turn
 (`Plan.ceiling_passes`). It also prices the client: the same load read with
 httpx instead of the raw client, since on two shared cores the client's CPU
-is taken from the server.
+is taken from the server; and it measures the floor under every figure
+(benchmarks/floor.py): one loop turn and one socket write per token, nothing
+else, which no gateway over this engine can go below.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 
 import httpx
 
-from benchmarks import peers
+from benchmarks import floor, peers
 from benchmarks.client import ChatStreamTarget, OpenAIChatTarget, SSEDecoder, Target, make_prompt
 from benchmarks.scenarios.checks import at_least, ratio
 from benchmarks.scenarios.context import Context, Figures, us_per_token
@@ -46,6 +48,8 @@ async def run(ctx: Context) -> None:
         result["passes"] = plan.ceiling_passes
         n = max(8, plan.ceiling_requests // 4)
         result["client_us_per_token_httpx"] = await _client_cost_httpx(gw.url, plan.ceiling_users, n)
+    # With the servers stopped: the floor's own process has the machine, as each gateway had in its passes.
+    result["floor"] = await asyncio.to_thread(floor.measure, plan.ceiling_users, plan.ceiling_tokens * 8)
     if plan.baseline is not None:
         result["baseline_source"] = str(plan.baseline)
         if failed is not None:
@@ -57,6 +61,9 @@ async def run(ctx: Context) -> None:
     ctx.check(5, "gateway tokens/s per core", result["gateway_tokens_per_s_per_core"], "(measure)", None, "tok/s")
     openai = result["openai"]["gateway_us_per_token"]
     ctx.check(5, "gateway CPU per streamed token, OpenAI route", openai, "(measure)", None, "µs")
+    ctx.check(
+        5, "floor: one loop turn and one socket write a token", result["floor"]["us_per_token"], "(measure)", None, "µs"
+    )
     if "baseline" in result:
         for route, now, before in (
             ("/chat_stream", result, result["baseline"]),
