@@ -205,3 +205,34 @@ async def test_leaving_mid_stream_aborts_the_engine_request(gateway: Gateway, re
     assert real_engine.num_unfinished() == 0
     await gateway.handled.wait_handled()  # handled to its end: a second report would have come
     assert gateway.states == [CompletionState.CLIENT_DISCONNECTED_WHILE_STREAMING]
+
+
+async def test_stream_interval_hands_the_same_tokens_over_in_fewer_chunks(
+    gateway: Gateway, real_engine: VLLMEngine
+) -> None:
+    """vLLM's `stream_interval` (a request field, or `--engine-arg stream_interval=N`): fewer writes, same answer."""
+
+    async def streamed(interval: int) -> tuple[list[str], int]:
+        async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0) as api:
+            chunks, completion = [], 0
+            stream = await api.chat.completions.create(
+                model=real_engine.model_name,
+                messages=MESSAGES,
+                max_tokens=32,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body={"ignore_eos": True, "stream_interval": interval},
+            )
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    chunks.append(chunk.choices[0].delta.content)
+                if chunk.usage is not None:
+                    completion = chunk.usage.completion_tokens
+            return chunks, completion
+
+    async with asyncio.timeout(120):
+        each, every_fourth = await streamed(1), await streamed(4)
+    assert "".join(each[0]) == "".join(every_fourth[0]) and each[1] == every_fourth[1] == 32
+    # Four tokens a chunk, the first one alone: at most 1 + 31 / 4 rounded up.
+    assert len(every_fourth[0]) <= 9 < len(each[0])
