@@ -7,18 +7,15 @@ disconnects, real flow control and real status lines.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from benchmarks.peers.process import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["free_port", "serve"]
 
 
 @asynccontextmanager

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 import signal
 import socket
 import subprocess
@@ -21,9 +23,39 @@ class PeerFailed(RuntimeError):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback port free now that no outgoing connection can take before its server binds it.
+
+    `bind(0)` hands out a port of the kernel's ephemeral range, the range it also draws every
+    outgoing connection's source port from: in the seconds a slow server (vLLM's engine)
+    takes to bind it, one of a load's connections could take it ("address already in use").
+    Below that range only another listener can; and this process never hands out a port twice.
+    """
+    low = _ephemeral_low()
+    for _ in range(1000):
+        port = next(_ports)
+        if port >= low:
+            break
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a machine without such a range: the kernel's choice
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_low(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+# Each process walks up from its own point of the ports below the ephemeral range (from 10000,
+# clear of well-known servers' ports), so two test or benchmark processes rarely meet.
+_ports = itertools.count(10_000 + (os.getpid() * 211) % 20_000)
 
 
 class CPUTimes(NamedTuple):
