@@ -30,10 +30,9 @@ def free_port() -> int:
     takes to bind it, one of a load's connections could take it ("address already in use").
     Below that range only another listener can; and this process never hands out a port twice.
     """
-    low = _ephemeral_low()
     for _ in range(1000):
         port = next(_ports)
-        if port >= low:
+        if port >= _EPHEMERAL_LOW:
             break
         with socket.socket() as s:
             try:
@@ -52,6 +51,8 @@ def _ephemeral_low(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) 
     except (OSError, ValueError, IndexError):
         return 32768  # Linux's default
 
+
+_EPHEMERAL_LOW = _ephemeral_low()  # read once: the range does not change while a run lasts
 
 # Each process walks up from its own point of the ports below the ephemeral range (from 10000,
 # clear of well-known servers' ports), so two test or benchmark processes rarely meet.
