@@ -87,6 +87,10 @@ class Serving:
         for helper in (self.watcher, self.keeper):
             if helper is not None:
                 helper.cancel()
+        # A cancelled helper keeps its CancelledError, whose traceback keeps the helper's
+        # frame, which keeps this Serving: holding the helpers here would close a reference
+        # cycle that keeps the request's every object until the collector's next full pass.
+        self.watcher = self.keeper = None
 
 
 class GenerationRunner:

@@ -25,9 +25,17 @@ class GatewayApp(FastAPI):
     own_middleware: int | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and len(self.user_middleware) == self.own_middleware:
-            scope.setdefault("state", {})[DIRECT_SEND_STATE] = DirectSend(send, chunk_writer(send))
-        await super().__call__(scope, receive, send)
+        if scope["type"] != "http" or len(self.user_middleware) != self.own_middleware:
+            await super().__call__(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        state[DIRECT_SEND_STATE] = DirectSend(send, chunk_writer(send))
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # `send` is the server's connection object's, which holds this scope: left here, the
+            # pair is a reference cycle that keeps the whole request alive until a full collection.
+            del state[DIRECT_SEND_STATE]
 
 
 def chunk_writer(send: Send) -> Callable[[bytes], bool] | None:
