@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, Mapping, Sequence
 
@@ -88,10 +89,8 @@ class NullEngine:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    import uvicorn
-
     from gateway.app import create_app
-    from gateway.cli import add_settings_flags, settings_from_args
+    from gateway.cli import add_settings_flags, run_server, settings_from_args
 
     parser = argparse.ArgumentParser(description="the gateway over a zero-cost engine (benchmarks only)")
     add_settings_flags(parser)
@@ -99,8 +98,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = settings_from_args(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings, engine=NullEngine(args.token_delay))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    # The server `serve` runs (its drain, its frozen start-up heap), so the figures are serve's.
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn raises the SIGINT that stopped it again once stopped
+        run_server(create_app(settings, engine=NullEngine(args.token_delay)), settings, watch_children=False)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,16 @@ import logging
 import sys
 import typing
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from gateway.settings import Settings
+
+if TYPE_CHECKING:  # imported where used: `--help` and `bench` need neither
+    from fastapi import FastAPI
+
+    from gateway.drain import DrainingServer
 
 
 def _flag_kind(annotation: Any) -> str:
@@ -61,10 +66,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def serve(settings: Settings) -> None:
-    import uvicorn
-
     from gateway.app import create_app
-    from gateway.drain import DrainingServer
     from gateway.tiny_model import build_tiny_model, is_model_dir
 
     if settings.model is None and not is_model_dir(settings.tiny_model_dir):
@@ -80,8 +82,23 @@ def serve(settings: Settings) -> None:
         from gateway.processes.launcher import serve_processes
 
         sys.exit(serve_processes(settings))
-    # SIGTERM drains first (gateway.drain); what is still running after
-    # drain_timeout gets a few more seconds before uvicorn cancels it.
+    server = run_server(app, settings, watch_children=True)
+    if not server.started:
+        sys.exit(3)  # uvicorn's exit status for a failed start-up
+    if server.engine_died:
+        sys.exit(1)
+
+
+def run_server(app: FastAPI, settings: Settings, *, watch_children: bool) -> DrainingServer:
+    """Serve `app` (create_app's) on uvicorn until the server stops, as `serve` does; the stopped server.
+
+    SIGTERM drains first (gateway.drain); what is still running after
+    drain_timeout gets a few more seconds before uvicorn cancels it.
+    """
+    import uvicorn
+
+    from gateway.drain import DrainingServer
+
     # access_log=False: the gateway writes its own one line per request (gateway/access_log.py).
     config = uvicorn.Config(
         app,
@@ -96,12 +113,11 @@ def serve(settings: Settings) -> None:
     )
     core = app.state.core
     watched = core.engine if settings.exit_on_engine_death else None
-    server = DrainingServer(config, core.admission, settings.drain_timeout, engine=watched, watch_children=True)
+    server = DrainingServer(
+        config, core.admission, settings.drain_timeout, engine=watched, watch_children=watch_children
+    )
     server.run()
-    if not server.started:
-        sys.exit(3)  # uvicorn's exit status for a failed start-up
-    if server.engine_died:
-        sys.exit(1)
+    return server
 
 
 def main(argv: Sequence[str] | None = None) -> int:
