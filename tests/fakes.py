@@ -210,11 +210,16 @@ class PacedEngine:
 
 
 class AwayStore(MemoryStore):
-    """A memory store whose writes fail while `away`, as Redis or a database that has gone away."""
+    """A memory store whose writes fail while `away`, as Redis or a database that has gone away.
+
+    `refused` counts the writes that failed.
+    """
 
     away = False
+    refused = 0
 
     async def save(self, session_id: str, changed: Mapping[str, Any], removed: Iterable[str]) -> None:
         if self.away:
+            self.refused += 1
             raise ConnectionError("the store went away")
         await super().save(session_id, changed, removed)
