@@ -184,7 +184,7 @@ class BackgroundRuns:
                 started = {**response, "status": "in_progress"}
                 await self.store.update_response(response_id, {"response": started, **self.lease_fields()})
         except GatewayError as err:  # deleted, or the store is away: the run goes on, its ending is stored
-            logger.warning("a background response's start was not stored: %s", err.message)
+            logger.warning("background response %s: its start was not stored: %s", response_id, err.message)
 
     def lease_fields(self) -> dict[str, Any]:
         """What a running background response's record says about its run: alive until when."""
@@ -253,7 +253,7 @@ class BackgroundRuns:
                     await self.store.update_response(response_id, {"response": ended})
                 return ended
         except GatewayError as err:  # deleted while it ran, or the store is away: nothing to record into
-            logger.warning("a background response's ending was not stored: %s", err.message)
+            logger.warning("background response %s: its ending was not stored: %s", response_id, err.message)
             return None
 
 

@@ -131,7 +131,7 @@ async def test_a_run_the_store_was_away_for_frees_its_slot_and_reads_failed_once
     assert text_of(await poll(alice, (await start(alice, input="again"))["id"], ("completed",))) == ANSWER
     no_tracebacks(caplog)
     lines = background_lines(caplog)
-    assert len(lines) == 2, lines
+    assert len(lines) == 2 and all(response_id in line for line in lines), lines
     assert "start was not stored" in lines[0] and "ending was not stored" in lines[1]
 
 
@@ -193,4 +193,4 @@ async def test_on_redis_refusing_writes_a_run_frees_its_slot_and_reads_failed_on
         await store.close()
     no_tracebacks(caplog)
     lines = background_lines(caplog)
-    assert len(lines) == 1 and "ending was not stored" in lines[0], lines
+    assert len(lines) == 1 and response_id in lines[0] and "ending was not stored" in lines[0], lines
