@@ -8,7 +8,7 @@ refused as vLLM refuses a request it cannot run (before accepting it).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from gateway.core.engine import ACCEPTED, Engine, EngineDead, EngineOutput, EngineStats, OutputSink, SamplingOptions
@@ -212,14 +212,16 @@ class PacedEngine:
 class AwayStore(MemoryStore):
     """A memory store whose writes fail while `away`, as Redis or a database that has gone away.
 
-    `refused` counts the writes that failed.
+    `refuses` fails chosen writes while the store is otherwise up (a large write that times
+    out where a small one a moment later goes through); `refused` counts the writes that failed.
     """
 
     away = False
+    refuses: Callable[[Mapping[str, Any]], bool] | None = None
     refused = 0
 
     async def save(self, session_id: str, changed: Mapping[str, Any], removed: Iterable[str]) -> None:
-        if self.away:
+        if self.away or (self.refuses is not None and self.refuses(changed)):
             self.refused += 1
             raise ConnectionError("the store went away")
         await super().save(session_id, changed, removed)

@@ -7,12 +7,15 @@ metrics and log line. The response is stored at once as `queued`; the client
 polls `GET /v1/responses/{id}` and finds it `in_progress` once the run has
 its slot and the engine has it (until then, waiting in the queue, it stays
 `queued`), and then as it ended: `completed`, `incomplete`, `failed` or
-`cancelled` (an answer too large for the store's record is `failed`, saying so).
+`cancelled` (an answer the store did not take, too large for its record or
+written while the store failed, is `failed`, saying so).
 
 While it runs, the replica renews a lease in the record (`alive_until`, every
 `poll` seconds, `lease` seconds ahead). A replica that died mid-run renews
 nothing: the next read of the response on any replica finds the lease lapsed
-and stores it `failed`, saying so, rather than leaving it queued for ever.
+and stores it `failed`, saying so, rather than leaving it queued for ever. A
+run that could store no ending at all (the store away until after it ended)
+reads so too once its lease lapses: its renewals stop when it ends.
 
 `POST /v1/responses/{id}/cancel` marks the stored response cancelled, under
 the record's lock. The replica that runs the generation sees the mark at once
@@ -44,7 +47,7 @@ from gateway.core import Core, GenerationRequest, Outcome
 from gateway.core.admission import CLAIM_STATE
 from gateway.core.completion import CompletionCallback, CompletionState
 from gateway.core.direct_send import DIRECT_SEND_STATE
-from gateway.core.errors import BadChatRequest, GatewayError, SessionTooLarge
+from gateway.core.errors import BadChatRequest, GatewayError, SessionStoreUnavailable, SessionTooLarge
 from gateway.core.stream_format import StreamFormat
 from gateway.openai.event_log import EventLog
 from gateway.openai.response_store import ResponseStore
@@ -245,12 +248,16 @@ class BackgroundRuns:
                 ended = {**ended, **completed}
                 try:
                     await self.store.update_response(response_id, {"response": ended})
-                except SessionTooLarge as err:
-                    # An answer its record cannot hold: stored as failed now, saying why, rather
-                    # than left in progress until the lease lapses and reads as a dead server.
-                    error = {"code": "server_error", "message": f"the response is too large to store: {err.message}"}
+                except (SessionTooLarge, SessionStoreUnavailable) as err:
+                    # An answer its record cannot hold, or whose write the store failed: stored as
+                    # failed now, saying why, rather than left in progress until the lease lapses
+                    # and reads as a dead server. The failed record is small and a moment later, so
+                    # it may go in where the answer did not; if not, the lease lapses all the same.
+                    why = "is too large to store" if isinstance(err, SessionTooLarge) else "could not be stored"
+                    error = {"code": "server_error", "message": f"the response {why}: {err.message}"}
                     ended = {**_failed(queued, error), **completed}
                     await self.store.update_response(response_id, {"response": ended})
+                    logger.warning("background response %s is stored failed: %s", response_id, error["message"])
                 return ended
         except GatewayError as err:  # deleted while it ran, or the store is away: nothing to record into
             logger.warning("background response %s: its ending was not stored: %s", response_id, err.message)

@@ -2,18 +2,20 @@
 
 A run whose records cannot be written (its start, its lease's renewals, its ending) still ends,
 frees its slot and says so in the log in a line, without a traceback. Once the store takes
-writes again and the run's lease has lapsed, the client reads the lapsed lease's `failed`.
-A cancel while the store is away is a 503 the client can retry.
+writes again, the client reads a terminal state: `failed`, saying the response could not be
+stored when the run could store that much, or else, once its lease has lapsed, the lapsed
+lease's `failed`. A cancel while the store is away is a 503 the client can retry.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -133,6 +135,37 @@ async def test_a_run_the_store_was_away_for_frees_its_slot_and_reads_failed_once
     lines = background_lines(caplog)
     assert len(lines) == 2 and all(response_id in line for line in lines), lines
     assert "start was not stored" in lines[0] and "ending was not stored" in lines[1]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["polled", "streamed"])
+async def test_a_run_whose_answer_the_store_refused_is_stored_failed_at_once_saying_so(
+    outage: Outage, caplog: pytest.LogCaptureFixture, stream: bool
+) -> None:
+    gw, store, alice = outage.gw, outage.store, outage.alice
+
+    def completed(changed: Mapping[str, Any]) -> bool:
+        return bool(changed.get("response", {}).get("status") == "completed")
+
+    store.refuses = completed  # the answer's write fails; a small one a moment later goes through
+    body = {"model": "fake-model", "input": "hi", "background": True, "stream": stream}
+    r = await alice.post("/v1/responses", json=body)
+    assert r.status_code == 200, r.text
+    assert await gw.wait_states(1) == [SUCCESS]
+    assert await running(alice) == 0
+    response_id = validate_responses_sse(r.text)[0]["response"]["id"] if stream else r.json()["id"]
+    failed = (await alice.get(f"/v1/responses/{response_id}")).json()
+    validate("Response", failed)
+    assert failed["status"] == "failed" and failed["output"] == [] and failed["completed_at"] is not None
+    assert failed["error"] == {
+        "code": "server_error",
+        "message": "the response could not be stored: the response store is unavailable",
+    }
+    if stream:  # the stream ends as the response is stored
+        events = validate_responses_sse(r.text)
+        assert events[-1]["type"] == "response.failed" and events[-1]["response"] == failed
+    no_tracebacks(caplog)
+    lines = background_lines(caplog)
+    assert len(lines) == 1 and response_id in lines[0] and "could not be stored" in lines[0], lines
 
 
 async def test_a_cancel_while_the_store_is_away_is_a_503_and_the_run_goes_on_until_one_is_stored(
