@@ -45,7 +45,7 @@ from starlette.types import Message
 
 from gateway.core import Core, GenerationRequest, Outcome
 from gateway.core.admission import CLAIM_STATE
-from gateway.core.completion import CompletionCallback, CompletionState
+from gateway.core.completion import CompletionCallback
 from gateway.core.direct_send import DIRECT_SEND_STATE
 from gateway.core.errors import BadChatRequest, GatewayError, SessionStoreUnavailable, SessionTooLarge
 from gateway.core.stream_format import StreamFormat
@@ -88,12 +88,16 @@ class BackgroundRuns:
         request: Request,
         gen: GenerationRequest,
         fmt: StreamFormat,
+        on_complete: Callable[[Outcome], Awaitable[None]],
         on_end: Callable[[Outcome], Awaitable[None]],
         response_id: str,
         owner: str,
         log: EventLog | None = None,
     ) -> None:
         """Run `gen` detached from `request`, which gives its admission claim to the run.
+
+        `on_complete` and `on_end` are the runner's (GenerationRunner.run): a completed run's
+        record, stored before the stream's last event, and then a run's ending, always.
 
         `log`: a streamed response's events, which its format appends to; readable here until
         `log_keep` seconds after the run's ending is stored and written to it.
@@ -121,7 +125,7 @@ class BackgroundRuns:
             """The run's HTTP messages: the stored response is its answer."""
 
         detached = Request({**request.scope, "state": detached_state}, receive)
-        task = asyncio.create_task(self._run(detached, discard, gen, fmt, on_end, response_id, owner, log))
+        task = asyncio.create_task(self._run(detached, discard, gen, fmt, on_complete, on_end, response_id, owner, log))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -131,6 +135,7 @@ class BackgroundRuns:
         send: Callable[[Message], Awaitable[None]],
         gen: GenerationRequest,
         fmt: StreamFormat,
+        on_complete: Callable[[Outcome], Awaitable[None]],
         on_end: Callable[[Outcome], Awaitable[None]],
         response_id: str,
         owner: str,
@@ -140,7 +145,9 @@ class BackgroundRuns:
             await self._mark_started(response_id, owner)
 
         try:
-            await self.core.run(request, send, gen, fmt, on_end, self.callback, on_start=started)
+            await self.core.run(
+                request, send, gen, fmt, on_end, self.callback, on_start=started, on_complete=on_complete
+            )
         except Exception:  # a bug: the runner has already ended the generation and recorded it
             logger.exception("a background response failed")
         finally:
@@ -151,7 +158,7 @@ class BackgroundRuns:
                 asyncio.get_running_loop().call_later(self.log_keep + 1, self._drop_old_logs)
 
     async def _ending(self, response_id: str, owner: str, head: dict[str, Any]) -> dict[str, Any]:
-        """How the run ended, as stored (on_end has stored it, or a cancel or a lapsed lease before it)."""
+        """How the run ended, as stored (by the run itself, or by a cancel or a lapsed lease before it)."""
         try:
             response: dict[str, Any] = (await self.store.response(response_id, owner))["response"]
             if response["status"] not in ACTIVE:
@@ -232,36 +239,48 @@ class BackgroundRuns:
             event.set()
         return response
 
-    async def record_end(
-        self, response_id: str, owner: str, outcome: Outcome, final: dict[str, Any] | None, queued: dict[str, Any]
-    ) -> dict[str, Any] | None:
-        """Store how the run ended unless it was cancelled meanwhile; the stored response (None if it is gone)."""
+    async def record_completed(
+        self, response_id: str, owner: str, final: dict[str, Any], queued: dict[str, Any]
+    ) -> bool:
+        """Store the run's completed response, before its stream's last event says so.
+
+        False if a cancel (or a lapsed lease) took the record first: that ending stands. If
+        the store does not take the answer, the run is stored failed, saying why (a small
+        write a moment later may go in where the answer did not; if not, the lease lapses
+        all the same), and the store's error is raised: the run then ends as failed, for
+        the callback, the metrics and the log as for the client.
+        """
+        async with self.store.locked_response(response_id, owner) as record:
+            if not _running(record):
+                return False
+            try:
+                await self.store.update_response(response_id, {"response": {**final, **_ending_fields()}})
+            except (SessionTooLarge, SessionStoreUnavailable) as err:
+                why = "is too large to store" if isinstance(err, SessionTooLarge) else "could not be stored"
+                error = {"code": "server_error", "message": f"the response {why}: {err.message}"}
+                failed = {**_failed(queued, error), **_ending_fields()}
+                await self.store.update_response(response_id, {"response": failed})
+                logger.warning("background response %s is stored failed: %s", response_id, error["message"])
+                raise
+        return True
+
+    async def record_end(self, response_id: str, owner: str, outcome: Outcome, queued: dict[str, Any]) -> None:
+        """Store a run that did not complete as failed, unless another ending was stored meanwhile.
+
+        A completed run stored its ending already (`record_completed`); so did one whose
+        answer the store refused, as failed.
+        """
         try:
             async with self.store.locked_response(response_id, owner) as record:
-                if not _running(record):
-                    return None  # cancelled, or given up for dead meanwhile: that ending stands
-                if outcome.state is CompletionState.SUCCESS and final is not None:
-                    ended = final
-                else:
-                    ended = _failed(queued, _error(outcome))
-                completed = {"background": True, "completed_at": int(time.time())}
-                ended = {**ended, **completed}
-                try:
-                    await self.store.update_response(response_id, {"response": ended})
-                except (SessionTooLarge, SessionStoreUnavailable) as err:
-                    # An answer its record cannot hold, or whose write the store failed: stored as
-                    # failed now, saying why, rather than left in progress until the lease lapses
-                    # and reads as a dead server. The failed record is small and a moment later, so
-                    # it may go in where the answer did not; if not, the lease lapses all the same.
-                    why = "is too large to store" if isinstance(err, SessionTooLarge) else "could not be stored"
-                    error = {"code": "server_error", "message": f"the response {why}: {err.message}"}
-                    ended = {**_failed(queued, error), **completed}
-                    await self.store.update_response(response_id, {"response": ended})
-                    logger.warning("background response %s is stored failed: %s", response_id, error["message"])
-                return ended
+                if _running(record):  # else cancelled, given up for dead, or stored failed already: that stands
+                    failed = {**_failed(queued, _error(outcome)), **_ending_fields()}
+                    await self.store.update_response(response_id, {"response": failed})
         except GatewayError as err:  # deleted while it ran, or the store is away: nothing to record into
             logger.warning("background response %s: its ending was not stored: %s", response_id, err.message)
-            return None
+
+
+def _ending_fields() -> dict[str, Any]:
+    return {"background": True, "completed_at": int(time.time())}
 
 
 def _running(record: dict[str, Any]) -> bool:

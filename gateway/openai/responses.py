@@ -26,6 +26,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.responses import JSONResponse, Response
 
 from gateway.core import Core, GenerationRequest, Outcome
+from gateway.core.completion import CompletionState
 from gateway.core.errors import BadChatRequest, GatewayError, SessionStoreUnavailable, SessionTooLarge
 from gateway.http.auth import PRINCIPAL_STATE
 from gateway.http.limits import read_body
@@ -99,13 +100,13 @@ class ResponsesRoutes:
             await self.store.save_response(queued, owner, new_items, req.previous_response_id, lease)
         except GatewayError as err:
             return self.routes.refuse(RESPONSES_ROUTE, err)
-        on_end = self._recorder(fmt, req, owner, new_items, conversation, queued=queued)
+        on_complete, on_end = self._recorder(fmt, req, owner, new_items, conversation, queued=queued)
         if not req.stream:
-            self.background.start(request, gen, fmt, on_end, head["id"], owner)
+            self.background.start(request, gen, fmt, on_complete, on_end, head["id"], owner)
             return JSONResponse(queued)
         fmt.log = EventLog(queued)
         fmt.queued()  # the stream opens at once with the id, as the stored response reads: queued
-        self.background.start(request, gen, fmt, on_end, head["id"], owner, fmt.log)
+        self.background.start(request, gen, fmt, on_complete, on_end, head["id"], owner, fmt.log)
         return self._log_stream(fmt.log, -1)
 
     def _log_stream(self, log: EventLog, after: int) -> LogStream:
@@ -148,17 +149,27 @@ class ResponsesRoutes:
         conversation: str | None,
         *,
         queued: dict[str, Any],
-    ) -> Callable[[Outcome], Awaitable[None]]:
-        """What the end of a background response stores (`queued`: as it was stored when it was queued)."""
+    ) -> tuple[Callable[[Outcome], Awaitable[None]], Callable[[Outcome], Awaitable[None]]]:
+        """What the end of a background response stores (`queued`: as it was stored when it was queued).
 
-        async def record(outcome: Outcome) -> None:
-            final = await self.background.record_end(queued["id"], owner, outcome, fmt.final, queued)
-            if final is None or final["status"] == "failed":
-                return
+        Two steps, as the runner takes them: a completed run's record (and its conversation's
+        turn), stored before the stream's last event (`on_complete`; a store failure ends
+        the run as failed); then, for a run that did not complete, its failure (`on_end`).
+        """
+        response_id = queued["id"]
+
+        async def complete(outcome: Outcome) -> None:
+            final = fmt.finish(outcome)
+            if not await self.background.record_completed(response_id, owner, final, queued):
+                return  # a cancel took the record first
             if conversation is not None:
                 await self.store.append(conversation, owner, [*new_items, *final["output"]])
 
-        return record
+        async def record(outcome: Outcome) -> None:
+            if outcome.state is not CompletionState.SUCCESS:
+                await self.background.record_end(response_id, owner, outcome, queued)
+
+        return complete, record
 
     async def get(self, request: Request, response_id: str) -> Response:
         owner = owner_of(request)
