@@ -23,6 +23,7 @@ from gateway.core.direct_send import DirectSend
 from gateway.core.generation import Outcome
 from gateway.core.runner import Serving
 from gateway.core.stream import Stream
+from gateway.core.vllm_engine import VLLMEngine
 from gateway.sessions.middleware import SessionContext
 from tests.fakes import FakeEngine
 from tests.gateway_app import running_gateway
@@ -106,4 +107,18 @@ async def test_a_stream_cut_by_its_client_leaves_nothing_for_the_collector(
                 break  # hang up after the first chunk
         assert await gw.wait_states(1)
         await eventually(lambda: gw.handled.finished == 1)
+        await requests.all_gone()
+
+
+async def test_on_the_real_engine_a_finished_request_leaves_nothing_for_the_collector(
+    real_engine: VLLMEngine, requests: Requests
+) -> None:
+    # vLLM's output handler writes the tokens (the stream's sink): its path leaves no cycle either.
+    chat = {"model": real_engine.model_name, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    async with running_gateway(real_engine, lifespan="off", max_new_tokens=8) as gw:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=60) as client:
+            for path, body in (("/chat_stream", {"user_input": "hi"}), ("/v1/chat/completions", chat)):
+                response = await client.post(path, json=body)
+                assert response.status_code == 200, response.text
+        await eventually(lambda: gw.handled.finished == 2)
         await requests.all_gone()
