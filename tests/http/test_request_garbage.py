@@ -3,8 +3,9 @@
 A request that leaves a cycle behind keeps its every object (the scope, the
 session, the stream, the prompt) until the collector finds it, and under load
 those pile up into the old generation, whose full collections then ran for
-tens of milliseconds each, about a tenth of the gateway's CPU per token over
-the zero-cost engine (benchmarks/results/2026-11-30-frontend, Update 9).
+tens of milliseconds each, a stall of every stream (over the zero-cost engine,
+garbage collection was 40% of the gateway's CPU per request:
+benchmarks/results/2026-11-30-frontend, Update 9).
 Here the collector is off while requests run, so anything they leave in a
 cycle is still there when they are done.
 """
