@@ -8,7 +8,8 @@ internal exception.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from starlette.responses import JSONResponse
@@ -112,19 +113,47 @@ class SessionStoreUnavailable(GatewayError):
     status, type = 503, "session_store_unavailable"
 
 
+class FailureLog:
+    """Store failures logged a line per store and kind every `every` seconds, counting those held back.
+
+    An outage under load fails every request and every running response's lease
+    renewal: a line each would flood the log while saying one thing.
+    """
+
+    def __init__(self, every: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self.clock = clock
+        self._lines: dict[tuple[str, str], tuple[float, int]] = {}  # (store, kind) -> last line's time, held since
+
+    def failed(self, store: str, kind: str) -> None:
+        now = self.clock()
+        last = self._lines.get((store, kind))
+        if last is not None and now - last[0] < self.every:
+            self._lines[store, kind] = (last[0], last[1] + 1)
+            return
+        self._lines[store, kind] = (now, 0)
+        if last is not None and last[1]:
+            logger.warning("the %s failed: %s (%d more since the last line)", store, kind, last[1])
+        else:
+            logger.warning("the %s failed: %s", store, kind)
+
+
+store_failures = FailureLog()
+
+
 async def store_call(pending: Awaitable[T], store: str) -> T:
     """Await an operation of `store` (e.g. "session store"): its outage is a 503 the client can retry.
 
     A GatewayError it raises (a session too large, say) passes as it is; any
-    other failure (Redis or the database away) is logged by kind only, never
-    shown to the client.
+    other failure (Redis or the database away) is logged by kind only
+    (`store_failures`), never shown to the client.
     """
     try:
         return await pending
     except GatewayError:
         raise
     except Exception as exc:
-        logger.warning("the %s failed: %s", store, type(exc).__name__)
+        store_failures.failed(store, type(exc).__name__)
         raise SessionStoreUnavailable(f"the {store} is unavailable", retry_after=5) from exc
 
 
