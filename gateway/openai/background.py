@@ -13,7 +13,9 @@ written while the store failed, is `failed`, saying so).
 While it runs, the replica renews a lease in the record (`alive_until`, every
 `poll` seconds, `lease` seconds ahead). A replica that died mid-run renews
 nothing: the next read of the response on any replica finds the lease lapsed
-and stores it `failed`, saying so, rather than leaving it queued for ever. A
+and stores it `failed`, saying so, rather than leaving it queued for ever (but
+for the replica that runs it, which knows it alive after an outage of the store
+longer than the lease, and renews it). A
 run that could store no ending at all (the store away until after it ended)
 reads so too once its lease lapses: its renewals stop when it ends.
 
@@ -212,9 +214,16 @@ class BackgroundRuns:
         return False
 
     async def current(self, response_id: str, owner: str, record: dict[str, Any]) -> dict[str, Any]:
-        """The stored response, or `failed` if its run's lease has lapsed (the replica running it died)."""
+        """The stored response, or `failed` if its run's lease has lapsed (the replica running it died).
+
+        A lease that lapsed while this replica runs the response lapsed because the store
+        took no renewals (an outage longer than the lease): the run is alive, and is renewed.
+        """
         response: dict[str, Any] = record["response"]
         if response["status"] not in ACTIVE or record.get("alive_until", float("inf")) >= self.clock():
+            return response
+        if response_id in self._cancels:  # running here
+            await self.store.update_response(response_id, self.lease_fields())
             return response
         async with self.store.locked_response(response_id, owner) as fresh:
             response = fresh["response"]

@@ -229,3 +229,22 @@ async def test_on_redis_refusing_writes_a_run_frees_its_slot_and_reads_failed_on
     no_tracebacks(caplog)
     lines = background_lines(caplog)
     assert len(lines) == 1 and response_id in lines[0] and "ending was not stored" in lines[0], lines
+
+
+async def test_a_run_that_outlives_an_outage_longer_than_its_lease_is_not_given_up_by_its_own_replica(
+    outage: Outage, fake_engine: FakeEngine
+) -> None:
+    gw, store, alice = outage.gw, outage.store, outage.alice
+    outage.runs.poll = 3600.0  # no renewal of its own in this test: only the reads below touch the lease
+    fake_engine.gate, fake_engine.gate_after = asyncio.Event(), 1
+    response_id = (await start(alice, input="hi"))["id"]
+    await poll(alice, response_id, ("in_progress",))
+    store.away = True
+    lapse(outage.runs)  # the outage outlasts the lease: no renewal went in meanwhile
+    store.away = False
+    # The replica that runs it knows the run is alive: it renews the lease rather than failing the run.
+    assert (await alice.get(f"/v1/responses/{response_id}")).json()["status"] == "in_progress"
+    fake_engine.gate.set()
+    completed = await poll(alice, response_id, ("completed", "failed"))
+    assert completed["status"] == "completed" and text_of(completed) == ANSWER
+    assert await gw.wait_states(1) == [SUCCESS]
